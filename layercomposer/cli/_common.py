@@ -1,0 +1,28 @@
+"""Argument types shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+CanvasPath = Annotated[Path, typer.Argument(help="A canvas file (YAML).", show_default=False)]
+CanvasPaths = Annotated[list[Path], typer.Argument(help="Canvas files (YAML).", show_default=False)]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a canvas key: `--set seed=7`, `--set layers.alice.lock=true` "
+        "(layers by name or index). Repeatable.",
+        metavar="KEY=VALUE",
+    ),
+]
+AllowOutsideOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside",
+        help="Allow image paths that leave the canvas file's folder (`..` or absolute paths).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

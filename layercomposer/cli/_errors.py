@@ -1,0 +1,77 @@
+"""The one place that turns exceptions into a message on stderr and an exit code.
+
+Exit codes: 0 ok, 1 runtime failure (a model, a device, a write), 2 invalid canvas or usage,
+130 interrupted. A traceback is shown only with LC_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import CanvasError, LcError, ModelError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# exception type -> (exit code, label). The first matching row wins, so subclasses come first.
+ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
+    (CanvasError, EXIT_INVALID, "invalid canvas"),
+    (UsageError, EXIT_INVALID, "usage"),
+    (ModelError, EXIT_FAILURE, "model"),
+    (LcError, EXIT_FAILURE, "error"),
+    (PermissionError, EXIT_FAILURE, "permission denied"),
+    (OSError, EXIT_FAILURE, "file system"),
+]
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and label lc uses for an exception."""
+    for kind, code, label in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return code, label
+    return EXIT_FAILURE, "internal error"
+
+
+def report(exc: BaseException) -> int:
+    """Print `exc` for a person and return its exit code."""
+    code, label = classify(exc)
+    if isinstance(exc, CanvasError):
+        for problem in exc.problems:
+            stderr.print(f"[red]error:[/red] {escape(str(problem))}")
+    elif isinstance(exc, LcError):
+        stderr.print(f"[red]{label}:[/red] {escape(exc.message)}")
+        if exc.hint:
+            stderr.print(f"[dim]hint:[/dim] {escape(exc.hint)}")
+    else:
+        stderr.print(f"[red]{label}:[/red] {escape(str(exc) or type(exc).__name__)}")
+        if label == "internal error":
+            stderr.print(
+                "[dim]hint:[/dim] this is a bug in lc; rerun with LC_DEBUG=1 and report the traceback"
+            )
+    return code
+
+
+@contextmanager
+def handled_errors() -> Iterator[None]:
+    """Run a command body; map any exception to a message and `typer.Exit(code)`."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:  # noqa: BLE001 - this is the one place that catches everything
+        if os.environ.get("LC_DEBUG"):
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        raise typer.Exit(report(exc)) from None

@@ -1,0 +1,50 @@
+"""The `lc` command: wires each command module into one Typer app, nothing more."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .inspect import inspect_cli
+from .preview import preview_cli
+from .schema import schema_cli
+from .validate import validate_cli
+
+app = typer.Typer(
+    name="lc",
+    help="LayerComposer: compose several people on a layered canvas, then render one image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"lc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+):
+    """LayerComposer: compose several people on a layered canvas, then render one image."""
+
+
+app.command("validate")(validate_cli)
+app.command("inspect")(inspect_cli)
+app.command("preview")(preview_cli)
+app.command("schema")(schema_cli)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,241 @@
+"""From a canvas to pixels: one canvas-sized RGBA layer per subject, and the flattened collage.
+
+Layers never occlude each other: each keeps its full content, even where another layer lies
+on top. Only `flatten` (the collage, for previews and the stock-Kontext baseline) applies z-order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .canvas import BackgroundSpec, Canvas, LayerSpec
+from .errors import CanvasError, Problem
+from .files import sha256_file
+from .geometry import Box, Extent, anchored_origin
+from .tokens import valid_token_mask
+
+BACKGROUND_NAME = "background"
+COLLAGE_BASE = (255, 255, 255)  # what shows where no layer covers the canvas
+
+
+@dataclass(frozen=True, eq=False)
+class CanvasLayer:
+    """One layer after its transform: the placed cut-out and where it sits on the canvas."""
+
+    name: str
+    kind: Literal["background", "subject"]
+    lock: bool
+    cutout: np.ndarray  # (h, w, 4) uint8, the transformed image before placement
+    origin: tuple[int, int]  # canvas pixel of the cut-out's top-left corner (may be negative)
+    canvas_size: Extent
+    content_hash: str  # sha-256 of the cut-out's pixels: same content and transform, same hash
+
+    @property
+    def placed(self) -> Box:
+        """Where the cut-out lies on the canvas plane (may reach past the canvas edge)."""
+        h, w = self.cutout.shape[:2]
+        return Box(self.origin[0], self.origin[1], self.origin[0] + w, self.origin[1] + h)
+
+    @property
+    def visible_box(self) -> Box:
+        """The part of the cut-out that lies on the canvas."""
+        return self.placed.intersect(Box(0, 0, *self.canvas_size))
+
+    @cached_property
+    def rgba(self) -> np.ndarray:
+        """(H, W, 4) uint8: the layer on a transparent canvas, clipped at the canvas edge."""
+        out = np.zeros((self.canvas_size.height, self.canvas_size.width, 4), np.uint8)
+        box = self.visible_box
+        if not box.is_empty:
+            x, y = self.origin
+            out[box.y0 : box.y1, box.x0 : box.x1] = self.cutout[
+                box.y0 - y : box.y1 - y, box.x0 - x : box.x1 - x
+            ]
+        return out
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1]."""
+        return self.rgba[..., 3].astype(np.float32) / 255.0
+
+    @property
+    def visible_pixels(self) -> int:
+        return int(np.count_nonzero(self.rgba[..., 3]))
+
+    @cached_property
+    def token_mask(self) -> np.ndarray:
+        """(H/16, W/16) bool: the tokens this layer contributes (see `tokens.valid_token_mask`)."""
+        return valid_token_mask(self.alpha)
+
+
+def build_layers(canvas: Canvas) -> list[CanvasLayer]:
+    """Return the canvas's layers, background first, or raise listing every problem found."""
+    size = Extent(*canvas.spec.size)
+    layers: list[CanvasLayer] = []
+    problems: list[Problem] = []
+    if canvas.spec.background is not None:
+        try:
+            layers.append(_background_layer(canvas, canvas.spec.background, size))
+        except CanvasError as exc:
+            problems += exc.problems
+    for index, spec in enumerate(canvas.spec.layers):
+        try:
+            layer = _subject_layer(canvas, spec, ("layers", index), size)
+        except CanvasError as exc:
+            problems += exc.problems
+            continue
+        if not layer.token_mask.any():
+            problems.append(canvas.problem(("layers", index), _no_tokens_message(layer)))
+        layers.append(layer)
+    if problems:
+        raise CanvasError(problems)
+    return layers
+
+
+def flatten(layers: list[CanvasLayer], base: tuple[int, int, int] = COLLAGE_BASE) -> np.ndarray:
+    """(H, W, 3) uint8: the layers alpha-composited in z-order over a plain `base` colour."""
+    size = layers[0].canvas_size
+    out = np.empty((size.height, size.width, 3), np.float32)
+    out[:] = np.asarray(base, np.float32)
+    for layer in layers:
+        rgba = layer.rgba.astype(np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        out = rgba[..., :3] * alpha + out * (1.0 - alpha)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --- loading and transforming -----------------------------------------------------------------
+
+
+def _no_tokens_message(layer: CanvasLayer) -> str:
+    if layer.visible_box.is_empty:
+        return (
+            f"layer '{layer.name}' lies entirely outside the {layer.canvas_size.width}x"
+            f"{layer.canvas_size.height} canvas (placed at {tuple(layer.placed)}); move it inside"
+        )
+    return (
+        f"layer '{layer.name}' has no token whose alpha is over 0.5 on the 16-px grid "
+        "(too small, too transparent or almost off the canvas); enlarge it or move it inside"
+    )
+
+
+def _subject_layer(canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent) -> CanvasLayer:
+    image = _open_image(canvas, spec.image, (*loc, "image"))
+    if spec.mask is not None:
+        mask = _open_image(canvas, spec.mask, (*loc, "mask")).convert("L")
+        if mask.size != image.size:
+            raise CanvasError(
+                [
+                    canvas.problem(
+                        (*loc, "mask"),
+                        f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                        f"{image.size[0]}x{image.size[1]}; they must match",
+                    )
+                ]
+            )
+        image = image.convert("RGB")
+        image.putalpha(mask)
+    elif not _has_alpha(image):
+        raise CanvasError(
+            [
+                canvas.problem(
+                    (*loc, "image"),
+                    f"layer '{spec.name}': {spec.image} has no alpha channel and no mask is given; "
+                    "save the cut-out as an RGBA PNG, or add `mask: <grayscale image>`",
+                )
+            ]
+        )
+    image = image.convert("RGBA")
+
+    if spec.crop is not None:
+        x0, y0, x1, y1 = spec.crop
+        if x1 > image.width or y1 > image.height:
+            raise CanvasError(
+                [
+                    canvas.problem(
+                        (*loc, "crop"),
+                        f"crop {list(spec.crop)} reaches past the {image.width}x{image.height} image",
+                    )
+                ]
+            )
+        image = image.crop(spec.crop)
+    if spec.flip in ("horizontal", "both"):
+        image = ImageOps.mirror(image)
+    if spec.flip in ("vertical", "both"):
+        image = ImageOps.flip(image)
+    # Resample in premultiplied alpha, or transparent pixels bleed their colour into the edge.
+    image = image.convert("RGBa")
+    if spec.scale != 1.0:
+        new_size = (
+            max(1, round(image.width * spec.scale)),
+            max(1, round(image.height * spec.scale)),
+        )
+        image = image.resize(new_size, Image.Resampling.LANCZOS)
+    if spec.rotate % 360:
+        image = image.rotate(spec.rotate, Image.Resampling.BICUBIC, expand=True)
+    cutout = np.asarray(image.convert("RGBA"))
+
+    origin = anchored_origin(spec.position, spec.anchor, Extent(cutout.shape[1], cutout.shape[0]))
+    return CanvasLayer(spec.name, "subject", spec.lock, cutout, origin, size, _pixels_hash(cutout))
+
+
+def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> CanvasLayer:
+    image = _open_image(canvas, spec.image, ("background", "image")).convert("RGBA")
+    if spec.fit == "stretch":
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    elif spec.fit == "cover":
+        image = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    else:  # contain: fit inside and leave transparent bars, which carry no tokens
+        image = ImageOps.pad(
+            image.convert("RGBa"), size, Image.Resampling.LANCZOS, color=(0, 0, 0, 0)
+        )
+        image = image.convert("RGBA")
+    cutout = np.asarray(image)
+    return CanvasLayer(
+        BACKGROUND_NAME, "background", spec.lock, cutout, (0, 0), size, _pixels_hash(cutout)
+    )
+
+
+def _open_image(canvas: Canvas, relative: str, loc: tuple) -> Image.Image:
+    path = canvas.resolve(relative, loc)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except FileNotFoundError:
+        message = f"image not found: {path}"
+    except IsADirectoryError:
+        message = f"{path} is a folder, not an image"
+    except UnidentifiedImageError:
+        message = f"{path} is not an image Pillow can read"
+    except Image.DecompressionBombError:
+        message = f"{path} is too large to open safely"
+    except OSError as exc:  # truncated or corrupt data
+        message = f"{path} cannot be read ({exc})"
+    raise CanvasError([canvas.problem(loc, message)])
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "RGBa", "La", "PA") or "transparency" in image.info
+
+
+def _pixels_hash(pixels: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
+    digest.update(str(pixels.shape).encode())
+    return digest.hexdigest()
+
+
+def image_file_hashes(canvas: Canvas) -> dict[str, str]:
+    """Return the sha-256 of every image file the canvas names, keyed by its path in the file."""
+    names = [layer.image for layer in canvas.spec.layers] + [
+        layer.mask for layer in canvas.spec.layers if layer.mask
+    ]
+    if canvas.spec.background is not None:
+        names.insert(0, canvas.spec.background.image)
+    return {name: sha256_file(canvas.resolve(name, ())) for name in dict.fromkeys(names)}

@@ -1,0 +1,59 @@
+"""Shared fixtures: small canvases with synthetic RGBA images written into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "canvases").glob("*.yaml"))
+
+
+def disc_rgba(size: int, colour=(200, 60, 40)) -> np.ndarray:
+    """(size, size, 4) uint8: an opaque disc of `colour` on a transparent square."""
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 <= (size / 2) ** 2
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., :3] = colour
+    rgba[..., 3] = np.where(inside, 255, 0)
+    return rgba
+
+
+@pytest.fixture
+def make_canvas(tmp_path):
+    """Write a canvas file (and any images it needs) into tmp_path; return its path."""
+
+    def make(
+        spec: dict | str, images: dict[str, np.ndarray] | None = None, name: str = "scene.yaml"
+    ) -> Path:
+        for filename, pixels in (images or {}).items():
+            target = tmp_path / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(target)
+        path = tmp_path / name
+        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def two_discs(make_canvas):
+    """A 128x128 canvas with two overlapping discs, the first locked."""
+    spec = {
+        "prompt": "two discs",
+        "size": [128, 128],
+        "layers": [
+            {"name": "red", "image": "red.png", "position": [48, 64], "lock": True},
+            {"name": "blue", "image": "blue.png", "position": [80, 64]},
+        ],
+    }
+    images = {"red.png": disc_rgba(64, (220, 30, 30)), "blue.png": disc_rgba(64, (30, 30, 220))}
+    return make_canvas(spec, images)
