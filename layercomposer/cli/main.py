@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
+# diffusers and transformers log warnings a user cannot act on (e.g. a missing torchvision);
+# lc reports what matters itself. Set these variables to see their logs again.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
 from .. import __version__
 from .inspect import inspect_cli
 from .preview import preview_cli
+from .render import render_cli
 from .schema import schema_cli
 from .validate import validate_cli
 
@@ -44,6 +51,7 @@ app.command("validate")(validate_cli)
 app.command("inspect")(inspect_cli)
 app.command("preview")(preview_cli)
 app.command("schema")(schema_cli)
+app.command("render")(render_cli)
 
 
 def main() -> None:

@@ -1,0 +1,190 @@
+"""Where the model comes from: a Hugging Face hub id, a local folder, or `builtin:tiny`.
+
+Hub ids are read through the normal Hugging Face cache and honour `HF_HUB_OFFLINE`. Every way
+loading can fail becomes a `ModelError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .errors import ModelError, UsageError
+
+if TYPE_CHECKING:  # torch is imported when a model is loaded, so `lc validate` starts fast
+    import torch
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
+TINY_MODEL_ID = "builtin:tiny"
+Offload = Literal["none", "model", "sequential"]
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which weights a render used, for its manifest."""
+
+    id: str  # what was asked for: a hub id, a folder, or builtin:tiny
+    source: Literal["hub", "local", "builtin"]
+    revision: str | None  # the hub commit, when known
+    path: str | None  # the folder the weights were read from
+    config_sha256: str | None  # of model_index.json, to tell local folders apart
+    random_weights: bool  # builtin:tiny: the image is noise
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda if available, else cpu; anything else as given (`cuda:1`, `cpu`, `mps`)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {device!r} is not a device torch knows (try cpu, cuda, cuda:1)"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: CUDA is not available on this machine", hint="use --device cpu"
+        )
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on CUDA (what FLUX is trained in), float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPE_NAMES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, dtype)
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    offload: Offload = "none",
+    attention_backend: str | None = None,
+):
+    """Return a ready `LayerComposerPipeline` and the `ModelInfo` that describes its weights."""
+    import torch
+
+    from .pipeline import LayerComposerPipeline
+    from .tiny import tiny_kontext_components
+
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if model == TINY_MODEL_ID:
+        pipe = LayerComposerPipeline(**tiny_kontext_components())
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
+        info = ModelInfo(model, "builtin", None, None, None, random_weights=True)
+    else:
+        pipe, info = _from_pretrained(model, revision, torch_dtype)
+    pipe.cache_namespace = f"{info.id}@{info.revision or info.config_sha256 or ''}"
+    pipe.set_progress_bar_config(disable=True)
+
+    if attention_backend:
+        try:
+            pipe.transformer.set_attention_backend(attention_backend)
+        except (ValueError, ImportError, RuntimeError) as exc:
+            raise UsageError(f"--attention-backend {attention_backend}: {exc}") from None
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=target)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=target)
+    elif offload == "none":
+        pipe.to(target)
+    else:
+        raise UsageError(f"--offload {offload!r}: choose none, model or sequential")
+    return pipe, info
+
+
+def _from_pretrained(model: str, revision: str | None, torch_dtype):
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from .pipeline import LayerComposerPipeline
+
+    folder = Path(model).expanduser()
+    looks_local = folder.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local and not (folder / "model_index.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no model_index.json"
+        raise ModelError(
+            f"model folder {folder} {what}",
+            hint="pass a diffusers folder of FLUX.1 Kontext [dev], a hub id such as "
+            f"{DEFAULT_MODEL}, or builtin:tiny for a random-weight test model",
+        )
+    gated_hint = (
+        f"{model} is gated: accept its licence on https://huggingface.co/{model}, log in with "
+        f"`hf auth login`, then download it with `hf download {model}` (or point --model at a "
+        "local copy)"
+    )
+    try:
+        pipe = LayerComposerPipeline.from_pretrained(
+            str(folder) if looks_local else model, revision=revision, dtype=torch_dtype
+        )
+    except GatedRepoError:
+        raise ModelError(f"no access to {model}", hint=gated_hint) from None
+    except RevisionNotFoundError:
+        raise ModelError(f"{model} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"no model {model!r} on the hub (or it is private)", hint=gated_hint
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else _first_line(exc)
+        raise ModelError(
+            f"cannot load {model}: its weights are not in the Hugging Face cache ({why})",
+            hint=gated_hint,
+        ) from None
+
+    path = Path(getattr(pipe, "_name_or_path", None) or pipe.config.get("_name_or_path", model))
+    index = _find_model_index(model if looks_local else None, pipe)
+    config_hash = hashlib.sha256(index.read_bytes()).hexdigest() if index else None
+    snapshot_revision = (
+        index.parent.name if index and index.parent.parent.name == "snapshots" else None
+    )
+    source = "local" if looks_local else "hub"
+    info = ModelInfo(
+        model,
+        source,
+        revision or snapshot_revision,
+        str(index.parent if index else path),
+        config_hash,
+        False,
+    )
+    return pipe, info
+
+
+def _find_model_index(local: str | None, pipe) -> Path | None:
+    if local:
+        return Path(local).expanduser() / "model_index.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(pipe.config["_name_or_path"], "model_index.json")
+    except Exception:  # noqa: BLE001 - only a manifest detail
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

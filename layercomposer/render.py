@@ -1,0 +1,390 @@
+"""Rendering canvases to files: one model load, many canvases, a manifest beside every image.
+
+Outputs go to `OUT/<canvas>/<seed>.png` and `OUT/<canvas>/<seed>.json`, each written atomically,
+the image first and the manifest last: a manifest only ever describes an image that is whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .canvas import Canvas, CanvasSpec, load_canvas
+from .errors import CanvasError, LcError, ModelError, UsageError
+from .files import TEMP_SUFFIX, png_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from .layers import build_layers, image_file_hashes
+from .manifest import build_manifest, inputs_sha256, read_manifest
+from .models import DEFAULT_MODEL
+
+Status = Literal["rendered", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything about a render that is not in the canvas file."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    lora: str | None = None
+    lora_scale: float = 1.0
+    mode: str = "auto"
+    encode: str = "canvas"
+    dtype: str = "auto"
+    device: str = "auto"
+    offload: str = "none"
+    attention_backend: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class RenderResult:
+    """One output of a batch, as reported on stdout with `--json`."""
+
+    canvas: str
+    seed: int | None
+    status: Status
+    image: str | None = None
+    manifest: str | None = None
+    mode: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Renderer:
+    """Loads the model on first use (a fully resumed batch never loads it) and renders."""
+
+    settings: RenderSettings
+    on_step: Callable[[int, int], None] | None = None
+    pipe: Any = None
+    model_info: Any = None
+    lora_info: Any = None
+    load_seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+    def load(self) -> None:
+        if self.pipe is not None:
+            return
+        from .latents import LatentCache
+        from .models import load_pipeline
+
+        started = time.perf_counter()
+        s = self.settings
+        self.pipe, self.model_info = load_pipeline(
+            s.model, s.revision, s.dtype, s.device, s.offload, s.attention_backend
+        )
+        if s.lora:
+            from .lora import load_lora
+
+            self.lora_info = load_lora(self.pipe, s.lora, s.lora_scale)
+        self.pipe.latent_cache = LatentCache(s.cache_dir)
+        self.load_seconds = time.perf_counter() - started
+
+    def render(
+        self, canvas: Canvas, seed: int, out_dir: Path, resume: bool = False
+    ) -> RenderResult:
+        """Render one canvas with one seed into `out_dir/<canvas>/<seed>.png` (+ `.json`)."""
+        started = time.perf_counter()
+        image_path, manifest_path = output_paths(out_dir, canvas, seed)
+        layers = build_layers(canvas)  # invalid images fail here, before any model work
+        inputs = render_inputs(canvas, self.settings, seed)
+        if resume and is_complete(image_path, manifest_path, inputs):
+            return RenderResult(
+                str(canvas.path), seed, "skipped", str(image_path), str(manifest_path)
+            )
+
+        self.load()
+        import torch
+
+        device = self.pipe._execution_device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        try:
+            output = self.pipe(
+                prompt=canvas.spec.prompt,
+                layers=layers,
+                mode=self.settings.mode,
+                num_inference_steps=canvas.spec.steps,
+                guidance_scale=canvas.spec.guidance,
+                generator=generator,
+                encode=self.settings.encode,
+                output_type="np",
+                step_callback=self.on_step,
+            )
+        except torch.OutOfMemoryError:
+            raise LcError(
+                f"out of GPU memory rendering {canvas.path} ({canvas.spec.size[0]}x{canvas.spec.size[1]})",
+                hint="try --offload model (or sequential), --dtype bfloat16, a smaller canvas, or "
+                "fewer/smaller layers (lc inspect shows the sequence length)",
+            ) from None
+        if output.mode_reason and output.mode_reason not in self.notices:
+            self.notices.append(output.mode_reason)
+
+        pixels = np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
+        data = png_bytes(pixels)
+        write_bytes_atomic(image_path, data)
+        timings = {
+            "load": round(self.load_seconds, 4),
+            **{k: round(v, 4) for k, v in output.timings.items()},
+        }
+        timings["total"] = round(time.perf_counter() - started, 4)  # includes a first render's load
+        self.load_seconds = 0.0  # the load belongs to the first render only
+        manifest = build_manifest(
+            inputs,
+            mode_used=output.mode,
+            mode_reason=output.mode_reason,
+            model=self.model_info.to_dict(),
+            lora=self.lora_info.to_dict() if self.lora_info else None,
+            dtype=str(self.pipe.transformer.dtype).removeprefix("torch."),
+            device=str(device),
+            tokens=output.tokens,
+            timings=timings,
+            latent_cache=output.cache,
+            peak_memory_bytes=peak_memory_bytes(device),
+            notes=canvas.spec.notes,
+            output={
+                "image": image_path.name,
+                "sha256": _sha256_bytes(data),
+                "size": list(canvas.spec.size),
+            },
+        )
+        write_json_atomic(manifest_path, manifest)
+        return RenderResult(
+            str(canvas.path), seed, "rendered", str(image_path), str(manifest_path), output.mode,
+            round(time.perf_counter() - started, 3),
+        )  # fmt: skip
+
+
+def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[str, Any]:
+    """What determines a render's output: the resolved canvas, its files' hashes, the settings."""
+    lora = None
+    if settings.lora:
+        digest = sha256_file(settings.lora) if Path(settings.lora).is_file() else None
+        lora = {"path": settings.lora, "sha256": digest, "scale": settings.lora_scale}
+    return {
+        "canvas": {
+            "path": str(canvas.path),
+            "sha256": canvas.sha256,
+            "overrides": list(canvas.overrides),
+            "resolved": canvas.spec.model_dump(mode="json"),
+        },
+        "images": image_file_hashes(canvas),
+        "model": settings.model,
+        "revision": settings.revision,
+        "lora": lora,
+        "seed": seed,
+        "mode": settings.mode,
+        "encode": settings.encode,
+        "dtype": settings.dtype,
+        "device": settings.device,
+    }
+
+
+def output_paths(out_dir: Path, canvas: Canvas, seed: int) -> tuple[Path, Path]:
+    folder = Path(out_dir) / canvas.name
+    return folder / f"{seed}.png", folder / f"{seed}.json"
+
+
+def is_complete(image_path: Path, manifest_path: Path, inputs: dict[str, Any]) -> bool:
+    """Whether an earlier run already wrote this output, whole, from the same inputs."""
+    if not (image_path.is_file() and manifest_path.is_file()):
+        return False
+    try:
+        manifest = read_manifest(manifest_path)
+    except LcError:
+        return False
+    return manifest.get("inputs_sha256") == inputs_sha256(inputs) and manifest.get(
+        "output", {}
+    ).get("sha256") == sha256_file(image_path)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files a killed run left in an output folder; return how many."""
+    removed = 0
+    if folder.is_dir():
+        for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def peak_memory_bytes(device) -> int:
+    """Peak GPU memory on CUDA; the process's peak resident memory elsewhere."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def seeds_for(canvas: Canvas, seed: int | None, num_images: int) -> list[int]:
+    """`--seed` (else the canvas's seed, else 0), then the next `num_images - 1` integers."""
+    base = seed if seed is not None else (canvas.spec.seed if canvas.spec.seed is not None else 0)
+    return [base + i for i in range(num_images)]
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This process's share of `items` (round-robin), for `accelerate launch`."""
+    return items[rank::world_size]
+
+
+def render_batch(
+    paths: Iterable[Path],
+    renderer: Renderer,
+    out_dir: Path,
+    overrides: tuple[str, ...] = (),
+    allow_outside: bool = False,
+    seed: int | None = None,
+    num_images: int = 1,
+    resume: bool = False,
+    fail_fast: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    on_result: Callable[[RenderResult], None] | None = None,
+    on_canvas: Callable[[Path, int], None] | None = None,
+) -> list[RenderResult]:
+    """Render every canvas (this process's share of them); a failure doesn't stop the others.
+
+    A model that cannot be loaded stops the batch: every later canvas would fail the same way.
+    """
+    results: list[RenderResult] = []
+
+    def record(result: RenderResult) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
+    for path in shard(sorted(set(paths), key=str), rank, world_size):
+        try:
+            canvas = load_canvas(path, overrides, allow_outside)
+        except CanvasError as exc:
+            record(RenderResult(str(path), None, "failed", error=str(exc), exit_code=2))
+            if fail_fast:
+                break
+            continue
+        remove_stale_temporaries(Path(out_dir) / canvas.name)
+        seeds = seeds_for(canvas, seed, num_images)
+        if on_canvas:
+            on_canvas(path, len(seeds))
+        for this_seed in seeds:
+            try:
+                record(renderer.render(canvas, this_seed, Path(out_dir), resume))
+            except (ModelError, UsageError):
+                raise
+            except CanvasError as exc:
+                record(RenderResult(str(path), this_seed, "failed", error=str(exc), exit_code=2))
+            except LcError as exc:
+                message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+                record(RenderResult(str(path), this_seed, "failed", error=message, exit_code=1))
+            except Exception as exc:  # noqa: BLE001 - one bad canvas must not stop the batch
+                record(
+                    RenderResult(
+                        str(path),
+                        this_seed,
+                        "failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        exit_code=1,
+                    )
+                )
+            if fail_fast and results[-1].status == "failed":
+                return results
+    return results
+
+
+def batch_exit_code(results: list[RenderResult]) -> int:
+    """0 if nothing failed; 1 if any runtime failure; else 2 (only invalid canvases)."""
+    codes = {result.exit_code for result in results if result.status == "failed"}
+    if not codes:
+        return 0
+    return 1 if 1 in codes else 2
+
+
+# --- reproducing a manifest -------------------------------------------------------------------
+
+
+@dataclass
+class Reproduction:
+    """The outcome of `lc render --from-manifest`."""
+
+    manifest: str
+    image: str
+    identical: bool
+    max_abs_difference: int
+
+
+def rerender_manifest(
+    manifest_path: Path, out_dir: Path, renderer_factory: Callable[[RenderSettings], Renderer]
+) -> Reproduction:
+    """Render a manifest's inputs again into `out_dir`, and compare with the recorded output."""
+    manifest = read_manifest(manifest_path)
+    inputs = manifest["inputs"]
+    recorded_canvas = inputs["canvas"]
+    spec = CanvasSpec.model_validate(recorded_canvas["resolved"])
+    canvas = Canvas(
+        spec,
+        Path(recorded_canvas["path"]),
+        recorded_canvas["sha256"],
+        tuple(recorded_canvas["overrides"]),
+        allow_outside=True,
+    )
+    current = image_file_hashes(canvas)
+    changed = [name for name, digest in inputs["images"].items() if current.get(name) != digest]
+    if changed:
+        raise LcError(
+            f"input images changed since {manifest_path} was written: {', '.join(changed)}",
+            hint="a manifest reproduces only with the same input files",
+        )
+    lora = inputs.get("lora") or {}
+    settings = RenderSettings(
+        model=inputs["model"], revision=inputs["revision"], lora=lora.get("path"),
+        lora_scale=lora.get("scale", 1.0), mode=inputs["mode"], encode=inputs["encode"],
+        dtype=inputs["dtype"], device=inputs["device"],
+    )  # fmt: skip
+    recorded_image = Path(manifest_path).parent / manifest["output"]["image"]
+    before = _read_pixels(recorded_image)  # before rendering: out_dir may be the same folder
+    result = renderer_factory(settings).render(canvas, inputs["seed"], out_dir)
+    identical = sha256_file(result.image) == manifest["output"]["sha256"]
+    after = _read_pixels(Path(result.image))
+    if identical:
+        difference = 0
+    elif before is None or before.shape != after.shape:
+        difference = -1  # the recorded image is gone or has another size: no pixel comparison
+    else:
+        difference = int(np.abs(before - after).max())
+    return Reproduction(str(manifest_path), result.image, identical, difference)
+
+
+def _read_pixels(path: Path) -> np.ndarray | None:
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as image:
+        return np.asarray(image, np.int16)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) from the environment `accelerate launch` and `torchrun` set."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
