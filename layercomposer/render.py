@@ -276,7 +276,7 @@ def render_batch(
         if on_result:
             on_result(result)
 
-    for path in shard(sorted(set(paths), key=str), rank, world_size):
+    for path in shard(list(dict.fromkeys(paths)), rank, world_size):  # given order, no repeats
         try:
             canvas = load_canvas(path, overrides, allow_outside)
         except CanvasError as exc:

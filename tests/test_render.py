@@ -272,3 +272,27 @@ def test_lora_switches_auto_to_layered_and_is_recorded(tmp_path, make_canvas):
     garbage.write_bytes(b"not a safetensors file")
     failed = lc("render", canvas, *TINY, "--lora", garbage, "-o", tmp_path / "out2")
     assert failed.exit_code == 1 and "Traceback" not in failed.output
+
+
+def test_out_of_memory_is_answered_with_the_options_that_help(tmp_path, make_canvas, monkeypatch):
+    import torch
+
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(LayerComposerPipeline, "__call__", out_of_memory)
+    (canvas,) = small_canvases(make_canvas, 1)
+    result = lc("render", canvas, *TINY, "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "out of GPU memory" in result.output and "--offload model" in result.output
+    assert not (tmp_path / "out" / "scene0" / "0.png").exists()
+
+
+def test_offload_needs_a_gpu(tmp_path, make_canvas):
+    (canvas,) = small_canvases(make_canvas, 1)
+    result = lc(
+        "render", canvas, *TINY, "--device", "cpu", "--offload", "model", "-o", tmp_path / "out"
+    )
+    assert result.exit_code == 2 and "--offload none" in result.output
