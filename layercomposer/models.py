@@ -100,7 +100,9 @@ def load_pipeline(
         except (ValueError, ImportError, RuntimeError) as exc:
             raise UsageError(f"--attention-backend {attention_backend}: {exc}") from None
     if offload != "none" and target.type == "cpu":
-        raise UsageError(f"--offload {offload} moves weights between the CPU and a GPU; on a CPU use --offload none")
+        raise UsageError(
+            f"--offload {offload} moves weights between the CPU and a GPU; on a CPU use --offload none"
+        )
     if offload == "model":
         pipe.enable_model_cpu_offload(device=target)
     elif offload == "sequential":
