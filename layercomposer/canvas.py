@@ -6,17 +6,15 @@ its images exist and produce visible tokens is checked in `layers.py`.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import CanvasError, Problem, UsageError
+from .errors import CanvasError, Problem
 from .tokens import TOKEN_PX
+from .yamlfile import Loc, YamlFile, read_yaml_file
 
 CANVAS_VERSION = 1
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -163,24 +161,20 @@ class Canvas:
     sha256: str
     overrides: tuple[str, ...] = ()
     allow_outside: bool = False
-    # Where each location was written: YAML line numbers, and the locations `--set` replaced.
-    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
-    overridden: dict[tuple[str | int, ...], str] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    file: YamlFile | None = field(default=None, compare=False, repr=False)  # for error locations
 
     @property
     def name(self) -> str:
         return self.path.stem
 
-    def where(self, loc: tuple[str | int, ...]) -> str:
+    def where(self, loc: Loc) -> str:
         """Return 'file:line' (or the `--set` that wrote it) for a location in the file."""
-        return _locate(self.path, self.lines, self.overridden, loc)
+        return self.file.where(loc) if self.file else str(self.path)
 
-    def problem(self, loc: tuple[str | int, ...], message: str) -> Problem:
+    def problem(self, loc: Loc, message: str) -> Problem:
         return Problem(self.where(loc), loc, message)
 
-    def resolve(self, relative: str, loc: tuple[str | int, ...]) -> Path:
+    def resolve(self, relative: str, loc: Loc) -> Path:
         """Return the absolute path of an image named in the file, refusing escapes."""
         base = self.path.parent.resolve()
         target = (base / relative).resolve()
@@ -201,164 +195,18 @@ def load_canvas(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), allow_outside: bool = False
 ) -> Canvas:
     """Return the validated canvas at `path`, with `key.path=value` overrides applied."""
-    path = Path(path)
+    file = read_yaml_file(path, tuple(overrides), kind="canvas file")
     try:
-        raw_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise CanvasError([Problem(str(path), (), "no such canvas file")]) from None
-    except IsADirectoryError:
-        raise CanvasError([Problem(str(path), (), "is a folder, not a canvas file")]) from None
-    except OSError as exc:
-        raise CanvasError([Problem(str(path), (), f"cannot be read: {exc.strerror}")]) from None
-
-    try:
-        text = raw_bytes.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise CanvasError([Problem(str(path), (), "is not UTF-8 text")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise CanvasError([Problem(f"{path}:{line}", (), f"not valid YAML: {reason}")]) from None
-    if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise CanvasError(
-            [
-                Problem(
-                    f"{path}:1",
-                    (),
-                    f"a canvas file must be a YAML mapping (prompt:, layers:, ...), not {kind}",
-                )
-            ]
-        )
-
-    lines = _node_lines(node)
-    overridden = {_apply_override(data, override): override for override in overrides}
-
-    try:
-        spec = CanvasSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            Problem(_locate(path, lines, overridden, err["loc"]), err["loc"], _message(err))
-            for err in exc.errors()
-        ]
+        spec = file.validate(CanvasSpec)
+    except CanvasError as exc:
         # pydantic checks names only once every layer is valid; report duplicates regardless.
-        layers = data.get("layers")
-        if isinstance(layers, list):
-            names = [
-                item.get("name") for item in layers if isinstance(item, dict) and "name" in item
-            ]
-            message = _duplicate_names_message(names)
-            if message:
-                problems.append(
-                    Problem(_locate(path, lines, overridden, ("layers",)), ("layers",), message)
-                )
-        raise CanvasError(list(dict.fromkeys(problems))) from None
-    digest = hashlib.sha256(raw_bytes).hexdigest()
-    return Canvas(spec, path, digest, tuple(overrides), allow_outside, lines, overridden)
-
-
-# --- error locations -------------------------------------------------------------------------
-
-
-def _node_lines(node: yaml.Node | None, loc: tuple = ()) -> dict[tuple, int]:
-    """Map each location in a composed YAML tree to its 1-based line."""
-    if node is None:
-        return {}
-    lines = {loc: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*loc, key_node.value)
-            lines.update(_node_lines(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_node_lines(item, (*loc, index)))
-    return lines
-
-
-def _locate(path: Path, lines: dict, overridden: dict, loc: tuple) -> str:
-    for target, override in overridden.items():
-        if tuple(loc[: len(target)]) == target:
-            return f"--set {override}"
-    while loc and loc not in lines:
-        loc = loc[:-1]
-    return f"{path}:{lines.get(loc, 1)}"
-
-
-def _message(err: dict) -> str:
-    loc, kind = err["loc"], err["type"]
-    if kind == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-        return f"unknown key '{loc[-1]}'{hint}"
-    if kind == "missing":
-        if isinstance(loc[-1], int):
-            return f"too few values: item {loc[-1]} is missing"
-        return f"'{loc[-1]}' is required"
-    message = err["msg"]
-    return message.removeprefix("Value error, ")
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    model: type[BaseModel] = CanvasSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        model = {"background": BackgroundSpec, "layers": LayerSpec}.get(str(part), model)
-    return list(model.model_fields)
-
-
-# --- overrides ---------------------------------------------------------------------------------
-
-
-def _resolve_key(data: dict, parts: list[str]) -> list[str | int]:
-    """Turn `layers.alice.lock` into the location `['layers', 0, 'lock']`."""
-    loc: list[str | int] = []
-    node: Any = data
-    for i, part in enumerate(parts):
-        if isinstance(node, list):
-            names = [item.get("name") if isinstance(item, dict) else None for item in node]
-            if part in names:
-                index = names.index(part)
-            elif part.isdigit() and int(part) < len(node):
-                index = int(part)
-            else:
-                close = difflib.get_close_matches(part, [n for n in names if n], n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise UsageError(f"--set {'.'.join(parts)}: no layer named '{part}'{hint}")
-            loc.append(index)
-            node = node[index]
-        elif isinstance(node, dict):
-            loc.append(part)
-            node = node.get(part) if i < len(parts) - 1 else None
-        else:
-            raise UsageError(f"--set {'.'.join(parts)}: '{parts[i - 1]}' has no keys")
-    return loc
-
-
-def _apply_override(data: dict, override: str) -> tuple[str | int, ...]:
-    """Write one `key.path=value` into the raw canvas data; return the location it wrote."""
-    if "=" not in override:
-        raise UsageError(
-            f"--set expects key.path=value, got '{override}'", hint="e.g. --set seed=7"
+        layers = file.data.get("layers")
+        names = (
+            [item.get("name") for item in layers if isinstance(item, dict)]
+            if isinstance(layers, list)
+            else []
         )
-    key, raw = override.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise UsageError(f"--set {override}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    loc = _resolve_key(data, parts)
-    node: Any = data
-    for part in loc[:-1]:
-        if isinstance(node, dict) and part not in node:
-            node[part] = {}
-        node = node[part]
-    node[loc[-1]] = value
-    return tuple(loc)
+        message = _duplicate_names_message([name for name in names if name is not None])
+        duplicates = [file.problem(("layers",), message)] if message else []
+        raise CanvasError(list(dict.fromkeys(exc.problems + duplicates))) from None
+    return Canvas(spec, file.path, file.sha256, file.overrides, allow_outside, file)
