@@ -22,6 +22,10 @@ class ModelError(LcError):
     """A model, LoRA or weight file could not be found or loaded."""
 
 
+class InputError(LcError):
+    """An input image cannot be used: unreadable, or no usable face in it (`lc autolayout`)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a canvas file, located as precisely as we can."""

@@ -75,8 +75,13 @@ def load_pipeline(
     device: str = "auto",
     offload: Offload = "none",
     attention_backend: str | None = None,
+    pipeline_class=None,
 ):
-    """Return a ready `LayerComposerPipeline` and the `ModelInfo` that describes its weights."""
+    """Return a ready `LayerComposerPipeline` and the `ModelInfo` that describes its weights.
+
+    `pipeline_class` loads another FLUX pipeline the same way (`lc autolayout`'s prior uses
+    diffusers' `FluxPipeline`; builtin:tiny has the same components).
+    """
     import torch
 
     from .pipeline import LayerComposerPipeline
@@ -85,12 +90,12 @@ def load_pipeline(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if model == TINY_MODEL_ID:
-        pipe = LayerComposerPipeline(**tiny_kontext_components())
+        pipe = (pipeline_class or LayerComposerPipeline)(**tiny_kontext_components())
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
         info = ModelInfo(model, "builtin", None, None, None, random_weights=True)
     else:
-        pipe, info = _from_pretrained(model, revision, torch_dtype)
+        pipe, info = _from_pretrained(model, revision, torch_dtype, pipeline_class)
     pipe.cache_namespace = f"{info.id}@{info.revision or info.config_sha256 or ''}"
     pipe.set_progress_bar_config(disable=True)
 
@@ -114,7 +119,7 @@ def load_pipeline(
     return pipe, info
 
 
-def _from_pretrained(model: str, revision: str | None, torch_dtype):
+def _from_pretrained(model: str, revision: str | None, torch_dtype, pipeline_class=None):
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -131,7 +136,7 @@ def _from_pretrained(model: str, revision: str | None, torch_dtype):
         what = "does not exist" if not folder.exists() else "has no model_index.json"
         raise ModelError(
             f"model folder {folder} {what}",
-            hint="pass a diffusers folder of FLUX.1 Kontext [dev], a hub id such as "
+            hint="pass a diffusers folder of a FLUX.1 model, a hub id such as "
             f"{DEFAULT_MODEL}, or builtin:tiny for a random-weight test model",
         )
     gated_hint = (
@@ -140,7 +145,7 @@ def _from_pretrained(model: str, revision: str | None, torch_dtype):
         "local copy)"
     )
     try:
-        pipe = LayerComposerPipeline.from_pretrained(
+        pipe = (pipeline_class or LayerComposerPipeline).from_pretrained(
             str(folder) if looks_local else model, revision=revision, dtype=torch_dtype
         )
     except GatedRepoError:

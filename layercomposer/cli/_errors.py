@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import CanvasError, LcError, ModelError, UsageError
+from ..errors import CanvasError, InputError, LcError, ModelError, UsageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -25,6 +25,7 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (CanvasError, EXIT_INVALID, "invalid canvas"),
     (UsageError, EXIT_INVALID, "usage"),
+    (InputError, EXIT_INVALID, "invalid input"),
     (ModelError, EXIT_FAILURE, "model"),
     (LcError, EXIT_FAILURE, "error"),
     (PermissionError, EXIT_FAILURE, "permission denied"),

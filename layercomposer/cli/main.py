@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from .. import __version__
+from .autolayout import autolayout_cli
 from .inspect import inspect_cli
 from .preview import preview_cli
 from .render import render_cli
@@ -52,6 +53,7 @@ app.command("inspect")(inspect_cli)
 app.command("preview")(preview_cli)
 app.command("schema")(schema_cli)
 app.command("render")(render_cli)
+app.command("autolayout")(autolayout_cli)
 
 
 def main() -> None:
