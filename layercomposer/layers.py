@@ -182,7 +182,7 @@ def _subject_layer(canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent) ->
     cutout = np.asarray(image.convert("RGBA"))
 
     origin = anchored_origin(spec.position, spec.anchor, Extent(cutout.shape[1], cutout.shape[0]))
-    return CanvasLayer(spec.name, "subject", spec.lock, cutout, origin, size, _pixels_hash(cutout))
+    return CanvasLayer(spec.name, "subject", spec.lock, cutout, origin, size, pixels_hash(cutout))
 
 
 def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> CanvasLayer:
@@ -198,7 +198,7 @@ def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> Can
         image = image.convert("RGBA")
     cutout = np.asarray(image)
     return CanvasLayer(
-        BACKGROUND_NAME, "background", spec.lock, cutout, (0, 0), size, _pixels_hash(cutout)
+        BACKGROUND_NAME, "background", spec.lock, cutout, (0, 0), size, pixels_hash(cutout)
     )
 
 
@@ -225,7 +225,8 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "RGBa", "La", "PA") or "transparency" in image.info
 
 
-def _pixels_hash(pixels: np.ndarray) -> str:
+def pixels_hash(pixels: np.ndarray) -> str:
+    """The sha-256 of an array's pixels and shape: the key of its encoded latents."""
     digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
     digest.update(str(pixels.shape).encode())
     return digest.hexdigest()
@@ -239,3 +240,9 @@ def image_file_hashes(canvas: Canvas) -> dict[str, str]:
     if canvas.spec.background is not None:
         names.insert(0, canvas.spec.background.image)
     return {name: sha256_file(canvas.resolve(name, ())) for name in dict.fromkeys(names)}
+
+
+def resize_rgba(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 4) uint8 resized to `size` (w, h), in premultiplied alpha so edges don't bleed."""
+    image = Image.fromarray(rgba, "RGBA").convert("RGBa")
+    return np.asarray(image.resize(size, Image.Resampling.LANCZOS).convert("RGBA"))

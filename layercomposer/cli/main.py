@@ -14,10 +14,13 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from .. import __version__
 from .autolayout import autolayout_cli
+from .dataset import dataset_app
 from .inspect import inspect_cli
+from .lora import lora_app
 from .preview import preview_cli
 from .render import render_cli
 from .schema import schema_cli
+from .train import train_cli
 from .validate import validate_cli
 
 app = typer.Typer(
@@ -54,6 +57,9 @@ app.command("preview")(preview_cli)
 app.command("schema")(schema_cli)
 app.command("render")(render_cli)
 app.command("autolayout")(autolayout_cli)
+app.command("train")(train_cli)
+app.add_typer(lora_app, name="lora")
+app.add_typer(dataset_app, name="dataset")
 
 
 def main() -> None:

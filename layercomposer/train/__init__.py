@@ -1,0 +1,1 @@
+"""Training a LayerComposer LoRA: layered datasets, locking-aware sampling, the trainer."""

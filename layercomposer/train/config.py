@@ -1,0 +1,101 @@
+"""The training config file (YAML), validated like canvas files: unknown keys and bad values are
+reported with their line, and `--set key.path=value` overrides any key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import CanvasError
+from ..yamlfile import read_yaml_file
+
+# The DiT's attention projections, image and text streams (double blocks) and single blocks.
+ATTENTION_MODULES = [
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+]  # fmt: skip
+
+
+class ConfigError(CanvasError):
+    """A training config file is invalid (same reporting as canvas files)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    path: str = Field(description="Dataset folder written by `lc dataset build`.")
+    lock_probability: float = Field(0.5, ge=0, le=1, description="Chance each layer is locked.")
+    scale_jitter: float = Field(0.1, ge=0, lt=1)
+    shift_jitter: float = Field(0.05, ge=0, lt=1)
+    color_jitter: float = Field(0.1, ge=0, lt=1)
+
+
+class LoraConfigSpec(_Strict):
+    rank: int = Field(512, ge=1, le=4096, description="LoRA rank (512 in the method).")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default: the rank (scale 1).")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: list(ATTENTION_MODULES),
+        description="Module names (or one regex) in the transformer that get a LoRA.",
+    )
+
+
+class OptimConfig(_Strict):
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class TrainLoopConfig(_Strict):
+    steps: int = Field(ge=1, description="Optimizer steps.")
+    batch_size: int = Field(1, ge=1, description="Samples per optimizer step, per process.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    gradient_checkpointing: bool = True
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0)
+    shift: float = Field(1.0, gt=0, description="sigma' = shift*s / (1 + (shift-1)*s); 1 = none.")
+    guidance: float = Field(1.0, ge=0, description="Guidance embedding value during training.")
+    cache_text: bool = Field(True, description="Encode each caption once and keep it.")
+    cache_latents: bool = Field(False, description="Keep VAE latents of layers in memory.")
+
+
+class TrainConfig(_Strict):
+    """One training run: model, data, LoRA, optimizer, loop, checkpoints and samples."""
+
+    model_config = ConfigDict(title="lc training config, version 1")
+
+    version: Literal[1] = 1
+    model: str = Field(
+        "black-forest-labs/FLUX.1-Kontext-dev", description="Base model, as for `lc render`."
+    )
+    revision: str | None = None
+    device: str = "auto"
+    seed: int = Field(0, ge=0)
+    output_dir: str = Field(
+        description="Run folder: checkpoints, samples, metrics, the final LoRA."
+    )
+    data: DataConfig
+    lora: LoraConfigSpec = LoraConfigSpec()
+    optim: OptimConfig = OptimConfig()
+    train: TrainLoopConfig
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    sample_every: int = Field(500, ge=1)
+    sample_steps: int = Field(28, ge=1)
+    validation_canvases: list[str] = Field(
+        default_factory=list, description="Canvas files rendered at each sample step."
+    )
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+
+
+def load_train_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
+    """The validated training config, overrides applied. Relative paths in it are relative to the
+    working directory, like the paths given with `--set`."""
+    file = read_yaml_file(path, tuple(overrides), kind="training config", error=ConfigError)
+    return file.validate(TrainConfig, ConfigError)

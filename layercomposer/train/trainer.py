@@ -1,0 +1,384 @@
+"""The LoRA trainer: flow matching on FLUX.1 Kontext with locking-aware layered conditioning.
+
+The conditioning of every example is built by the rendering code itself (`encode_layer` and
+the token plan), so training and inference cannot drift apart. Randomness comes from one numpy
+generator whose state is checkpointed, so `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LcError
+from ..files import TEMP_SUFFIX, write_json_atomic
+from ..tokens import noisy_position_ids, plan_tokens
+from .config import TrainConfig
+from .dataset import load_index
+from .sampler import SamplingConfig, TrainingSample, sample_example
+
+ADAPTER = "layercomposer"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+METRICS_FIELDS = ["step", "loss", "learning_rate", "seconds", "samples_per_second"]
+
+
+@dataclass
+class StepReport:
+    step: int
+    steps: int
+    loss: float
+    samples_per_second: float
+
+
+def sample_sigmas(rng: np.random.Generator, count: int, config) -> np.ndarray:
+    """Noise levels in (0, 1) for flow matching: logit-normal (as FLUX/SD3 training) or uniform,
+    then the schedule shift sigma' = shift * s / (1 + (shift - 1) * s)."""
+    if config.timestep_sampling == "logit_normal":
+        sigmas = 1 / (1 + np.exp(-rng.normal(config.logit_mean, config.logit_std, count)))
+    else:
+        sigmas = rng.uniform(0, 1, count)
+    return config.shift * sigmas / (1 + (config.shift - 1) * sigmas)
+
+
+class Trainer:
+    """One training run. `run()` returns the path of the final LoRA."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        resume: bool = False,
+        on_step: Callable[[StepReport], None] | None = None,
+    ):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.resume = resume
+        self.on_step = on_step
+        self.output = Path(config.output_dir)
+        use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
+        precision = config.train.mixed_precision if use_cuda else "no"
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+        self.index = load_index(config.data.path)
+        self.sampling = SamplingConfig(
+            config.data.lock_probability,
+            config.data.scale_jitter,
+            config.data.shift_jitter,
+            config.data.color_jitter,
+        )
+        self._text_cache: dict[str, tuple] = {}
+        self._setup_model()
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _setup_model(self) -> None:
+        from peft import LoraConfig
+
+        from ..latents import LatentCache
+        from ..models import load_pipeline
+
+        dtype = "bfloat16" if self.accelerator.device.type == "cuda" else "float32"
+        self.pipe, self.model_info = load_pipeline(
+            self.config.model,
+            self.config.revision,
+            dtype=dtype,
+            device=str(self.accelerator.device),
+        )
+        self.pipe.latent_cache = LatentCache(
+            max_entries=4096 if self.config.train.cache_latents else 0
+        )
+        for module in (
+            self.pipe.transformer,
+            self.pipe.vae,
+            self.pipe.text_encoder,
+            self.pipe.text_encoder_2,
+        ):
+            module.requires_grad_(False)
+        lora = self.config.lora
+        torch.manual_seed(self.config.seed)  # the LoRA's random init: the same run, the same start
+        self.pipe.transformer.add_adapter(
+            LoraConfig(
+                r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
+                target_modules=lora.target_modules, init_lora_weights="gaussian",
+            ),
+            adapter_name=ADAPTER,
+        )  # fmt: skip
+        trainable = [p for p in self.pipe.transformer.parameters() if p.requires_grad]
+        if not trainable:
+            raise LcError(
+                f"lora.target_modules {lora.target_modules} matched no module of the transformer"
+            )
+        for parameter in trainable:  # LoRA weights train in fp32 even when the base is bf16
+            parameter.data = parameter.data.float()
+        if self.config.train.gradient_checkpointing:
+            self.pipe.transformer.enable_gradient_checkpointing()
+        optim = self.config.optim
+        optimizer = torch.optim.AdamW(
+            trainable, lr=optim.learning_rate, betas=optim.betas, weight_decay=optim.weight_decay
+        )
+        self.transformer, self.optimizer = self.accelerator.prepare(
+            self.pipe.transformer, optimizer
+        )
+        self.trainable = trainable
+
+    # --- one example ----------------------------------------------------------------------------
+
+    def _text(self, caption: str) -> tuple:
+        if caption not in self._text_cache:
+            with torch.no_grad():
+                encoded = self.pipe.encode_prompt(
+                    prompt=caption,
+                    prompt_2=None,
+                    device=self.accelerator.device,
+                    max_sequence_length=512,
+                )
+            if not self.config.train.cache_text:
+                return encoded
+            self._text_cache[caption] = encoded
+        return self._text_cache[caption]
+
+    def _target_latents(self, sample: TrainingSample) -> torch.Tensor:
+        cache = self.pipe.latent_cache  # a dataset image: the same file, the same latents
+        namespace = (self.pipe.cache_namespace, str(self.pipe.vae.dtype))
+        key = cache.key(*namespace, "target", sample.target_file)
+        latents = cache.get(key)
+        if latents is None:
+            latents = self.pipe._encode_pixels(np.ascontiguousarray(sample.target), None)
+            cache.put(key, latents)
+        return latents
+
+    def conditioning(self, sample: TrainingSample) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers' kept tokens (1, L_cond, 64) and ids (L_cond, 3), as rendering builds them."""
+        plan = plan_tokens(sample.layers)
+        encoded = [
+            self.pipe.encode_layer(layer, planned.index)
+            for layer, planned in zip(sample.layers, plan.layers, strict=True)
+        ]
+        return torch.cat([t for t, _ in encoded], dim=1), torch.cat([i for _, i in encoded])
+
+    def example_loss(self, sample: TrainingSample, sigma: float, noise_seed: int) -> torch.Tensor:
+        """Flow-matching loss ||v(z_t) - (noise - z_0)||^2 on the noisy tokens only."""
+        device = self.accelerator.device
+        dtype = self.pipe.transformer.dtype
+        with torch.no_grad():
+            target = self._target_latents(sample)  # (1, L, 64)
+            cond_tokens, cond_ids = self.conditioning(sample)
+            prompt_embeds, pooled, text_ids = self._text(sample.caption)
+        target = target.to(device, torch.float32)
+        generator = torch.Generator("cpu").manual_seed(noise_seed)
+        noise = torch.randn(target.shape, generator=generator).to(device)
+        noisy = (1 - sigma) * target + sigma * noise  # z_t on the straight path
+        grid = self.index.resolution // 16
+        img_ids = torch.cat([torch.from_numpy(noisy_position_ids(grid, grid)), cond_ids]).to(
+            device, dtype
+        )
+        guidance = torch.full([1], self.config.train.guidance, device=device, dtype=torch.float32)
+        with self.accelerator.autocast():
+            prediction = self.transformer(
+                hidden_states=torch.cat([noisy.to(dtype), cond_tokens.to(device, dtype)], dim=1),
+                timestep=torch.tensor([sigma], device=device, dtype=dtype),
+                guidance=guidance if self.pipe.transformer.config.guidance_embeds else None,
+                pooled_projections=pooled,
+                encoder_hidden_states=prompt_embeds,
+                txt_ids=text_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+        prediction = prediction[:, : target.shape[1]].float()  # the noisy tokens only
+        return torch.nn.functional.mse_loss(prediction, noise - target)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        rng = np.random.default_rng([self.config.seed, self.accelerator.process_index])
+        start = self._resume(rng)
+        steps, batch = self.config.train.steps, self.config.train.batch_size
+        writer = self._tensorboard()
+        self.transformer.train()
+        for step in range(start + 1, steps + 1):
+            started = time.perf_counter()
+            torch.manual_seed(int(rng.integers(2**62)))  # LoRA dropout, reproducible on resume
+            self.optimizer.zero_grad(set_to_none=True)
+            sigmas = sample_sigmas(rng, batch, self.config.train)
+            total = 0.0
+            for i in range(batch):
+                sample = sample_example(self.index, rng, self.sampling)
+                noise_seed = int(rng.integers(2**62))
+                last = i == batch - 1
+                # Gradients are all-reduced once per step, after the batch's last example.
+                with nullcontext() if last else self.accelerator.no_sync(self.transformer):
+                    loss = self.example_loss(sample, float(sigmas[i]), noise_seed) / batch
+                    self.accelerator.backward(loss)
+                total += float(loss.detach())
+            if self.config.optim.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
+            self.optimizer.step()
+            if not math.isfinite(total):
+                raise LcError(
+                    f"the loss became {total} at step {step}", hint="lower optim.learning_rate"
+                )
+            seconds = time.perf_counter() - started
+            self._log(step, total, seconds, batch / seconds, writer)
+            if step % self.config.checkpoint_every == 0 or step == steps:
+                self.save_checkpoint(step, rng)
+            if self.config.validation_canvases and (
+                step % self.config.sample_every == 0 or step == steps
+            ):
+                self.render_samples(step)
+        final = self._save_lora(self.output)
+        if writer is not None:
+            writer.close()
+        return final
+
+    def _log(self, step: int, loss: float, seconds: float, speed: float, writer) -> None:
+        if self.on_step:
+            self.on_step(StepReport(step, self.config.train.steps, loss, speed))
+        if not self.accelerator.is_main_process:
+            return
+        row = {
+            "step": step, "loss": f"{loss:.6g}", "learning_rate": self.config.optim.learning_rate,
+            "seconds": f"{seconds:.4f}", "samples_per_second": f"{speed:.4f}",
+        }  # fmt: skip
+        path = self.output / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer_csv = csv.DictWriter(handle, METRICS_FIELDS)
+            if new:
+                writer_csv.writeheader()
+            writer_csv.writerow(row)
+        if writer is not None:
+            writer.add_scalar("loss", loss, step)
+            writer.add_scalar("samples_per_second", speed, step)
+
+    def _tensorboard(self):
+        if self.config.tensorboard == "off" or not self.accelerator.is_main_process:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if self.config.tensorboard == "on":
+                raise LcError(
+                    "tensorboard: on, but the tensorboard package is not installed"
+                ) from None
+            return None
+        return SummaryWriter(str(self.output / "tensorboard"))
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _lora_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        model = self.accelerator.unwrap_model(self.transformer)
+        return get_peft_model_state_dict(model, adapter_name=ADAPTER)
+
+    def _save_lora(self, folder: Path) -> Path:
+        """Write the LoRA in diffusers format (what `lc render --lora` reads), with its alpha."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            weights = {
+                k: v.detach().float().cpu().contiguous() for k, v in self._lora_state().items()
+            }
+            model = self.accelerator.unwrap_model(self.transformer)
+            self.pipe.save_lora_weights(
+                folder,
+                transformer_lora_layers=weights,
+                transformer_lora_adapter_metadata=model.peft_config[ADAPTER].to_dict(),
+            )
+        return folder / LORA_FILE
+
+    def save_checkpoint(self, step: int, rng: np.random.Generator) -> Path:
+        """Write `checkpoints/step-NNNNNNN/`: LoRA, optimizer, step and RNG state, atomically."""
+        final = self.output / "checkpoints" / f"step-{step:07d}"
+        if not self.accelerator.is_main_process:
+            return final
+        temp = final.with_name(final.name + TEMP_SUFFIX)
+        shutil.rmtree(temp, ignore_errors=True)
+        self._save_lora(temp)
+        torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
+        state = {
+            "step": step,
+            "rng": rng.bit_generator.state,
+            "config": self.config.model_dump(mode="json"),
+        }
+        write_json_atomic(temp / "state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        temp.rename(final)
+        for old in sorted((self.output / "checkpoints").glob("step-???????"))[
+            : -self.config.keep_checkpoints
+        ]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted((self.output / "checkpoints").glob("step-???????"))
+        return found[-1] if found else None
+
+    def _resume(self, rng: np.random.Generator) -> int:
+        """Restore the latest checkpoint if `resume` was asked for; return the step reached."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.latest_checkpoint() if self.resume else None
+        if checkpoint is None:
+            if not self.resume:  # a fresh run starts fresh metrics
+                (self.output / "metrics.csv").unlink(missing_ok=True)
+            return 0
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(checkpoint / LORA_FILE)
+        weights = {key.removeprefix("transformer."): value for key, value in weights.items()}
+        model = self.accelerator.unwrap_model(self.transformer)
+        set_peft_model_state_dict(model, weights, adapter_name=ADAPTER)
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        state = json.loads((checkpoint / "state.json").read_text())
+        rng.bit_generator.state = state["rng"]
+        _truncate_metrics(self.output / "metrics.csv", state["step"])
+        return int(state["step"])
+
+    # --- samples --------------------------------------------------------------------------------
+
+    def render_samples(self, step: int) -> list[Path]:
+        """Render the validation canvases with the LoRA as it is now (layered mode)."""
+        if not self.accelerator.is_main_process:
+            return []
+        from ..canvas import load_canvas
+        from ..files import write_png_atomic
+        from ..layers import build_layers
+
+        self.transformer.eval()
+        written = []
+        for path in self.config.validation_canvases:
+            canvas = load_canvas(path)
+            output = self.pipe(
+                canvas.spec.prompt, build_layers(canvas), mode="layered", num_inference_steps=self.config.sample_steps,
+                guidance_scale=canvas.spec.guidance, generator=torch.Generator("cpu").manual_seed(canvas.spec.seed or 0),
+                output_type="np",
+            )  # fmt: skip
+            pixels = np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
+            written.append(
+                write_png_atomic(
+                    self.output / "samples" / f"step-{step:07d}" / f"{canvas.name}.png", pixels
+                )
+            )
+        self.transformer.train()
+        return written
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)

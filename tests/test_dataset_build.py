@@ -1,0 +1,144 @@
+"""`lc dataset build` on scenes made from real photographs: identities, layers, drops, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from train_data import cutout
+from typer.testing import CliRunner
+
+from layercomposer.cli.main import app
+from layercomposer.train.dataset import BACKGROUND, load_index
+
+pytest.importorskip("mediapipe")
+pytest.importorskip("dlib")
+runner = CliRunner()
+SIZE = 256
+
+
+def paste(canvas: np.ndarray, person: np.ndarray, x: int) -> None:
+    h, w = person.shape[:2]
+    x, y = min(x, SIZE - w), SIZE - h
+    alpha = person[..., 3:].astype(np.float32) / 255
+    region = canvas[y : y + h, x : x + w]
+    region[:] = person[..., :3] * alpha + region * (1 - alpha)
+
+
+def make_scene(
+    folder: Path, layouts: list[list[tuple[str, int, int]]], colour=(90, 140, 200)
+) -> None:
+    """One image per layout: (person, height, x) triples pasted on a plain background."""
+    folder.mkdir(parents=True)
+    for i, layout in enumerate(layouts):
+        canvas = np.empty((SIZE, SIZE, 3), np.float32)
+        canvas[:] = colour
+        for name, height, x in layout:
+            paste(canvas, cutout(name, height), x)
+        Image.fromarray(canvas.astype(np.uint8)).save(folder / f"img{i}.png")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    scenes = tmp_path_factory.mktemp("scenes")
+    # collins on the left in the first image, on the right in the others
+    make_scene(
+        scenes / "duo",
+        [[("collins", 130, 5), ("hopper", 140, 130)], [("hopper", 130, 0), ("collins", 120, 130)], [("hopper", 150, 10), ("collins", 140, 120)]],
+    )  # fmt: skip
+    make_scene(scenes / "single", [[("collins", 140, 60)]])  # one image: dropped
+    empty = scenes / "duo" / "empty.png"
+    Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8)).save(empty)  # no face: dropped
+    out = tmp_path_factory.mktemp("dataset")
+    result = runner.invoke(
+        app,
+        [
+            "dataset",
+            "build",
+            str(scenes),
+            "-o",
+            str(out),
+            "--resolution",
+            str(SIZE),
+            "--detector",
+            "dlib",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return scenes, out, result.output
+
+
+def test_identities_are_matched_across_images(built):
+    _, out, _ = built
+    index = load_index(out)
+    assert [scene.name for scene in index.scenes] == ["duo"]
+    (scene,) = index.scenes
+    assert len(scene.images) == 3
+    people = {layer.identity for image in scene.images for layer in image.layers} - {BACKGROUND}
+    assert len(people) == 2
+
+    # collins is left in img0 and right in img1/img2: her identity must follow her
+    def centre_x(image, identity):
+        x0, _, x1, _ = image.layer(identity).box
+        return (x0 + x1) / 2
+
+    first = scene.images[0]
+    left = min(people, key=lambda identity: centre_x(first, identity))
+    for image in scene.images[1:]:
+        assert centre_x(image, left) > SIZE / 2, "the left person of img0 is on the right later"
+
+
+def test_layers_tile_the_image(built):
+    _, out, _ = built
+    index = load_index(out)
+    for image in index.scenes[0].images:
+        target = index.rgba(image.file)
+        assert target.shape == (SIZE, SIZE, 4)
+        for layer in image.layers:
+            rgba = index.rgba(layer.file)
+            x0, y0, x1, y1 = layer.box
+            opaque = rgba[..., 3] > 0
+            assert np.array_equal(rgba[..., :3][opaque], target[y0:y1, x0:x1, :3][opaque])
+        people = [layer for layer in image.layers if layer.identity != BACKGROUND]
+        assert all(layer.face is not None for layer in people)
+
+
+def test_drops_are_reported(built):
+    scenes, out, output = built
+    index = load_index(out)
+    assert str(scenes / "duo" / "empty.png") in index.dropped["no face"]
+    assert str(scenes / "single") in index.dropped["fewer than two usable images"]
+    assert "dropped: no face" in output
+
+
+def test_resume_keeps_finished_scenes(built, tmp_path):
+    scenes, out, _ = built
+    marker = out / "duo" / "scene.json"
+    before = marker.stat().st_mtime_ns
+    result = runner.invoke(
+        app,
+        [
+            "dataset",
+            "build",
+            str(scenes),
+            "-o",
+            str(out),
+            "--resolution",
+            str(SIZE),
+            "--detector",
+            "dlib",
+            "--resume",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert marker.stat().st_mtime_ns == before
+    assert len(load_index(out).scenes) == 1
+
+
+def test_not_a_folder_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app, ["dataset", "build", str(tmp_path / "none"), "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 1 and "not a folder of scenes" in result.output
