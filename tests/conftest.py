@@ -57,3 +57,21 @@ def two_discs(make_canvas):
     }
     images = {"red.png": disc_rgba(64, (220, 30, 30)), "blue.png": disc_rgba(64, (30, 30, 220))}
     return make_canvas(spec, images)
+
+
+def tiny_transformer_output(transformer, guidance: float = 2.5):
+    """One forward pass of a builtin:tiny transformer on fixed random inputs (to compare weights)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return transformer(
+            hidden_states=torch.randn(1, 16, 64, generator=g),
+            encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+            pooled_projections=torch.randn(1, 32, generator=g),
+            timestep=torch.tensor([0.5]),
+            guidance=torch.tensor([guidance]),
+            img_ids=torch.zeros(16, 3),
+            txt_ids=torch.zeros(8, 3),
+            return_dict=False,
+        )[0]

@@ -40,6 +40,12 @@ def make_scene(
         Image.fromarray(canvas.astype(np.uint8)).save(folder / f"img{i}.png")
 
 
+def build(scenes: Path, out: Path, *extra: str):
+    """`lc dataset build` at the test size with the dlib detector (offline, landmark boxes)."""
+    command = ["dataset", "build", str(scenes), "-o", str(out), "--resolution", str(SIZE)]
+    return runner.invoke(app, [*command, "--detector", "dlib", *extra])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     scenes = tmp_path_factory.mktemp("scenes")
@@ -52,20 +58,7 @@ def built(tmp_path_factory):
     empty = scenes / "duo" / "empty.png"
     Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8)).save(empty)  # no face: dropped
     out = tmp_path_factory.mktemp("dataset")
-    result = runner.invoke(
-        app,
-        [
-            "dataset",
-            "build",
-            str(scenes),
-            "-o",
-            str(out),
-            "--resolution",
-            str(SIZE),
-            "--detector",
-            "dlib",
-        ],
-    )
+    result = build(scenes, out)
     assert result.exit_code == 0, result.output
     return scenes, out, result.output
 
@@ -117,21 +110,7 @@ def test_resume_keeps_finished_scenes(built, tmp_path):
     scenes, out, _ = built
     marker = out / "duo" / "scene.json"
     before = marker.stat().st_mtime_ns
-    result = runner.invoke(
-        app,
-        [
-            "dataset",
-            "build",
-            str(scenes),
-            "-o",
-            str(out),
-            "--resolution",
-            str(SIZE),
-            "--detector",
-            "dlib",
-            "--resume",
-        ],
-    )
+    result = build(scenes, out, "--resume")
     assert result.exit_code == 0, result.output
     assert marker.stat().st_mtime_ns == before
     assert len(load_index(out).scenes) == 1

@@ -17,6 +17,7 @@ from peft import LoraConfig, get_peft_model_state_dict  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from conftest import tiny_transformer_output  # noqa: E402
 from layercomposer.errors import ModelError, UsageError  # noqa: E402
 from layercomposer.files import sha256_file  # noqa: E402
 from layercomposer.lora import (  # noqa: E402
@@ -40,18 +41,7 @@ def fresh_pipe() -> diffusers.FluxKontextPipeline:
 
 def transformer_out(pipe) -> torch.Tensor:
     """One transformer forward pass on fixed random inputs."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return pipe.transformer(
-            hidden_states=torch.randn(1, 16, 64, generator=g),
-            encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-            pooled_projections=torch.randn(1, 32, generator=g),
-            timestep=torch.tensor([0.5]),
-            guidance=torch.tensor([3.5]),
-            img_ids=torch.zeros(16, 3),
-            txt_ids=torch.zeros(8, 3),
-            return_dict=False,
-        )[0]
+    return tiny_transformer_output(pipe.transformer, guidance=3.5)
 
 
 def render(pipe) -> np.ndarray:

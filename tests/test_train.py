@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from train_data import REPO, make_dataset
 from typer.testing import CliRunner
 
+from conftest import tiny_transformer_output
 from layercomposer.cli.main import app
 from layercomposer.train.config import load_train_config
 from layercomposer.train.sampler import sample_example
@@ -144,21 +145,6 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "lc dataset build" in result.output
 
 
-def transformer_output(transformer) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        return transformer(
-            hidden_states=torch.randn(1, 16, 64, generator=g),
-            encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-            pooled_projections=torch.randn(1, 32, generator=g),
-            timestep=torch.tensor([0.5]),
-            guidance=torch.tensor([2.5]),
-            img_ids=torch.zeros(16, 3),
-            txt_ids=torch.zeros(8, 3),
-            return_dict=False,
-        )[0]
-
-
 def test_saved_and_comfyui_exported_loras_reproduce_the_trained_model(dataset, tmp_path):
     from layercomposer.lora import load_lora
     from layercomposer.models import load_pipeline
@@ -171,7 +157,7 @@ def test_saved_and_comfyui_exported_loras_reproduce_the_trained_model(dataset, t
     )  # fmt: skip
     trainer = Trainer(config)
     lora = trainer.run()
-    trained = transformer_output(trainer.pipe.transformer)
+    trained = tiny_transformer_output(trainer.pipe.transformer)
 
     comfy = tmp_path / "comfy.safetensors"
     result = runner.invoke(
@@ -184,9 +170,9 @@ def test_saved_and_comfyui_exported_loras_reproduce_the_trained_model(dataset, t
 
     for path in (lora, comfy):
         pipe, _ = load_pipeline("builtin:tiny")
-        base = transformer_output(pipe.transformer)
+        base = tiny_transformer_output(pipe.transformer)
         load_lora(pipe, path)
-        loaded = transformer_output(pipe.transformer)
+        loaded = tiny_transformer_output(pipe.transformer)
         assert (loaded - base).abs().max() > 1e-4
         torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5, msg=str(path))
 
