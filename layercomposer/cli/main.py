@@ -20,6 +20,7 @@ from .lora import lora_app
 from .preview import preview_cli
 from .render import render_cli
 from .schema import schema_cli
+from .studio import studio_cli
 from .train import train_cli
 from .validate import validate_cli
 
@@ -56,6 +57,7 @@ app.command("inspect")(inspect_cli)
 app.command("preview")(preview_cli)
 app.command("schema")(schema_cli)
 app.command("render")(render_cli)
+app.command("studio")(studio_cli)
 app.command("autolayout")(autolayout_cli)
 app.command("train")(train_cli)
 app.add_typer(lora_app, name="lora")
