@@ -18,7 +18,7 @@ from .canvas import BackgroundSpec, Canvas, LayerSpec
 from .errors import CanvasError, Problem
 from .files import sha256_file
 from .geometry import Box, Extent, anchored_origin
-from .tokens import valid_token_mask
+from .tokens import TOKEN_PX, valid_token_mask
 
 BACKGROUND_NAME = "background"
 COLLAGE_BASE = (255, 255, 255)  # what shows where no layer covers the canvas
@@ -50,13 +50,20 @@ class CanvasLayer:
     @cached_property
     def rgba(self) -> np.ndarray:
         """(H, W, 4) uint8: the layer on a transparent canvas, clipped at the canvas edge."""
-        out = np.zeros((self.canvas_size.height, self.canvas_size.width, 4), np.uint8)
-        box = self.visible_box
-        if not box.is_empty:
+        return self.crop(Box(0, 0, *self.canvas_size))
+
+    def crop(self, box: Box) -> np.ndarray:
+        """(box h, box w, 4) uint8: the part of the canvas-sized layer inside `box` (on the canvas).
+
+        Built from the cut-out alone, so encoding a layer's box never allocates the whole canvas.
+        """
+        out = np.zeros((box.height, box.width, 4), np.uint8)
+        part = self.visible_box.intersect(box)
+        if not part.is_empty:
             x, y = self.origin
-            out[box.y0 : box.y1, box.x0 : box.x1] = self.cutout[
-                box.y0 - y : box.y1 - y, box.x0 - x : box.x1 - x
-            ]
+            out[part.y0 - box.y0 : part.y1 - box.y0, part.x0 - box.x0 : part.x1 - box.x0] = (
+                self.cutout[part.y0 - y : part.y1 - y, part.x0 - x : part.x1 - x]
+            )
         return out
 
     @property
@@ -66,12 +73,30 @@ class CanvasLayer:
 
     @property
     def visible_pixels(self) -> int:
-        return int(np.count_nonzero(self.rgba[..., 3]))
+        box, (x, y) = self.visible_box, self.origin
+        if box.is_empty:
+            return 0
+        return int(
+            np.count_nonzero(self.cutout[box.y0 - y : box.y1 - y, box.x0 - x : box.x1 - x, 3])
+        )
 
     @cached_property
     def token_mask(self) -> np.ndarray:
-        """(H/16, W/16) bool: the tokens this layer contributes (see `tokens.valid_token_mask`)."""
-        return valid_token_mask(self.alpha)
+        """(H/16, W/16) bool: the tokens this layer contributes (see `tokens.valid_token_mask`).
+
+        Samples the cut-out at the token centres it covers: the same pixels `valid_token_mask`
+        reads from the canvas-sized alpha, without building it (16 layers at 2048^2 would be
+        256 MB of it, and most of `lc inspect`'s time).
+        """
+        grid, (x, y) = self.canvas_size.token_grid, self.origin
+        height, width = self.cutout.shape[:2]
+        rows = np.arange(grid.height) * TOKEN_PX + TOKEN_PX // 2 - y  # centres in cut-out pixels
+        cols = np.arange(grid.width) * TOKEN_PX + TOKEN_PX // 2 - x
+        on_rows, on_cols = (rows >= 0) & (rows < height), (cols >= 0) & (cols < width)
+        mask = np.zeros((grid.height, grid.width), bool)
+        alpha = self.cutout[np.ix_(rows[on_rows], cols[on_cols], [3])][..., 0]
+        mask[np.ix_(on_rows, on_cols)] = valid_token_mask(alpha.astype(np.float32) / 255.0, 1)
+        return mask
 
 
 def build_layers(canvas: Canvas) -> list[CanvasLayer]:

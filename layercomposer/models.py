@@ -17,6 +17,8 @@ from .errors import ModelError, UsageError
 if TYPE_CHECKING:  # torch is imported when a model is loaded, so `lc validate` starts fast
     import torch
 
+    from .speed import SpeedOptions
+
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
 TINY_MODEL_ID = "builtin:tiny"
 Offload = Literal["none", "model", "sequential"]
@@ -76,15 +78,18 @@ def load_pipeline(
     offload: Offload = "none",
     attention_backend: str | None = None,
     pipeline_class=None,
+    speed: SpeedOptions | None = None,
 ):
     """Return a ready `LayerComposerPipeline` and the `ModelInfo` that describes its weights.
 
     `pipeline_class` loads another FLUX pipeline the same way (`lc autolayout`'s prior uses
-    diffusers' `FluxPipeline`; builtin:tiny has the same components).
+    diffusers' `FluxPipeline`; builtin:tiny has the same components). `speed` compiles, caches
+    or quantizes the transformer (see speed.py).
     """
     import torch
 
     from .pipeline import LayerComposerPipeline
+    from .speed import SpeedOptions, apply_speed_options, quantize_transformer
     from .tiny import tiny_kontext_components
 
     target = resolve_device(device)
@@ -108,14 +113,17 @@ def load_pipeline(
         raise UsageError(
             f"--offload {offload} moves weights between the CPU and a GPU; on a CPU use --offload none"
         )
+    if offload not in ("none", "model", "sequential"):
+        raise UsageError(f"--offload {offload!r}: choose none, model or sequential")
+    speed = speed or SpeedOptions()
+    if offload == "none":
+        pipe.to(target)  # quantize where the weights will run: fp8 checks the GPU it runs on
+    quantize_transformer(pipe.transformer, speed.quantize)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=target)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=target)
-    elif offload == "none":
-        pipe.to(target)
-    else:
-        raise UsageError(f"--offload {offload!r}: choose none, model or sequential")
+    apply_speed_options(pipe.transformer, speed)
     return pipe, info
 
 

@@ -3,18 +3,28 @@
 Built on diffusers' `FluxKontextPipeline` (same components, `from_pretrained`, offloading,
 prompt encoding, scheduler); only `__call__` differs. Per render:
 
-1. encode the prompt, as Kontext does;
-2. VAE-encode each layer, pack 2x2 latents into tokens, keep the tokens under the layer's alpha,
-   and give them `[layer, y, x]` ids (locked 0, unlocked 1..k) — or, in `collage` mode, encode
-   the flattened canvas as Kontext's one reference image with ids `[1, y, x]`;
+1. encode the prompt, as Kontext does (cached in memory per prompt);
+2. VAE-encode each layer (cached by content: see `LatentCache`), pack 2x2 latents into tokens,
+   keep the tokens under the layer's alpha, and give them `[layer, y, x]` ids (locked 0,
+   unlocked 1..k) — or, in `collage` mode, encode the flattened canvas as Kontext's one
+   reference image with ids `[1, y, x]`;
 3. denoise the noisy tokens (`[0, y, x]`) with the conditioning tokens appended, keeping only
    the noisy tokens' prediction; decode.
+
+Steps 1-2 are `prepare`, everything before the first denoising step, which a benchmark or an
+interactive editor can time and repeat on its own: after moving a layer by whole tokens with
+`encode="box"`, it encodes nothing and only rebuilds the ids.
+
+One canvas per call: diffusers' transformer takes one `img_ids` for the whole batch, and two
+canvases' pruned ids differ, so canvases cannot share a batch without per-sample RoPE.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +38,7 @@ from PIL import Image
 from .geometry import Box
 from .latents import LatentCache, pack_latents, unpack_latents
 from .layers import CanvasLayer, flatten
+from .speed import ran_every_block
 from .tokens import TOKEN_PX, grid_position_ids, noisy_position_ids, plan_tokens
 
 Mode = Literal["layered", "collage", "auto"]
@@ -38,6 +49,7 @@ ENCODE_MARGIN = 32  # px of context around a layer's box, so border tokens see t
 # whole image, so a box encode changes every token a little, not only those at the border
 # (benchmarks/encode_box.py measures by how much). `canvas` is exact to the method.
 LAYER_FILL = 128  # the grey that transparent pixels are encoded as: ~0 in the VAE's [-1, 1] input
+PROMPT_CACHE_SIZE = 8  # prompts whose embeddings stay in memory (T5 at 512 tokens: 4 MB in bf16)
 
 
 @dataclass
@@ -49,7 +61,24 @@ class LayerComposerOutput:
     mode_reason: str | None  # why `auto` chose it
     tokens: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)  # layer latents: hits, misses
+    prompt_cached: bool = False  # the text embeddings came from the prompt cache
+    first_block_cache: dict[str, float] | None = None  # threshold, steps, full_steps
+
+
+@dataclass
+class Conditioning:
+    """Everything the denoising loop reads besides the noisy latents (steps 1-2 of a render)."""
+
+    prompt_embeds: torch.Tensor  # (1, L_txt, 4096)
+    pooled_prompt_embeds: torch.Tensor  # (1, 768)
+    text_ids: torch.Tensor  # (L_txt, 3)
+    tokens: torch.Tensor  # (1, L_cond, 64): kept layer tokens, or the collage's
+    ids: torch.Tensor  # (L_cond, 3)
+    mode: str
+    mode_reason: str | None
+    prompt_cached: bool
+    timings: dict[str, float]
 
 
 class LayerComposerPipeline(FluxKontextPipeline):
@@ -66,6 +95,46 @@ class LayerComposerPipeline(FluxKontextPipeline):
     @latent_cache.setter
     def latent_cache(self, cache: LatentCache) -> None:
         self._latent_cache = cache
+
+    @property
+    def prompt_cache(self) -> OrderedDict:
+        """Text embeddings by prompt, most recently used last (see `encode_prompt_cached`)."""
+        if getattr(self, "_prompt_cache", None) is None:
+            self._prompt_cache = OrderedDict()
+        return self._prompt_cache
+
+    def encode_prompt_cached(
+        self, prompt: str, max_sequence_length: int = 512
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], bool]:
+        """`encode_prompt`'s (embeds, pooled, text ids), from memory when seen before; and whether.
+
+        The key is everything the embeddings depend on: the prompt, the length, the device and
+        the text encoders themselves (which objects, their dtype, their LoRA adapters and scales).
+        """
+        device = self._execution_device
+        encoders = (self.text_encoder, self.text_encoder_2)
+        key = (prompt, max_sequence_length, str(device), _encoders_state(self, encoders))
+        cached = self.prompt_cache.get(key)
+        if cached is not None and all(a is b for a, b in zip(cached[0], encoders, strict=True)):
+            self.prompt_cache.move_to_end(key)
+            return cached[1], True
+        embeds = self.encode_prompt(
+            prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1,
+            max_sequence_length=max_sequence_length,
+        )  # fmt: skip
+        self.prompt_cache[key] = (encoders, embeds)  # the encoders: an id() alone can be reused
+        while len(self.prompt_cache) > PROMPT_CACHE_SIZE:
+            self.prompt_cache.popitem(last=False)
+        return embeds, False
+
+    def noisy_ids(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """(H/16 * W/16, 3) int64 `[0, y, x]`, built once per grid size (read-only: don't modify)."""
+        if getattr(self, "_noisy_ids", None) is None:
+            self._noisy_ids = {}
+        grid = (grid_height, grid_width)
+        if grid not in self._noisy_ids:
+            self._noisy_ids[grid] = torch.from_numpy(noisy_position_ids(*grid))
+        return self._noisy_ids[grid]
 
     def resolve_mode(self, mode: str) -> tuple[str, str | None]:
         """The mode to run for `mode`, and for `auto` the reason it was chosen."""
@@ -128,7 +197,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         )  # fmt: skip
         tokens = self.latent_cache.get(key)
         if tokens is None:
-            rgba = layer.rgba[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32)
+            rgba = layer.crop(box).astype(np.float32)  # (h, w, 4), never the whole canvas
             alpha = rgba[..., 3:] / 255.0
             rgb = np.rint(rgba[..., :3] * alpha + LAYER_FILL * (1.0 - alpha)).astype(np.uint8)
             tokens = self._encode_pixels(rgb, generator)
@@ -152,35 +221,26 @@ class LayerComposerPipeline(FluxKontextPipeline):
     # --- the render -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(
+    def prepare(
         self,
         prompt: str,
         layers: list[CanvasLayer],
         mode: Mode = "layered",
-        num_inference_steps: int = 28,
-        guidance_scale: float = 2.5,
-        generator: torch.Generator | None = None,
         encode: Encode = "canvas",
+        generator: torch.Generator | None = None,
         max_sequence_length: int = 512,
-        output_type: str = "pil",
-        joint_attention_kwargs: dict | None = None,
-        step_callback: Callable[[int, int], None] | None = None,
-    ) -> LayerComposerOutput:
+    ) -> Conditioning:
+        """Steps 1-2: the text embeddings and the conditioning tokens with their ids."""
         self.check_layer_inputs(prompt, layers, mode, encode)
         mode, mode_reason = self.resolve_mode(mode)
         device = self._execution_device
-        grid = layers[0].canvas_size.token_grid
         timings: dict[str, float] = {}
-        hits_before, misses_before = self.latent_cache.hits, self.latent_cache.misses
-        self._joint_attention_kwargs = joint_attention_kwargs or {}
-        self._interrupt = False
 
         # 1. Encode the prompt.
         started = _now(device)
-        prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
-            prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1,
-            max_sequence_length=max_sequence_length,
-        )  # fmt: skip
+        (prompt_embeds, pooled_prompt_embeds, text_ids), prompt_cached = self.encode_prompt_cached(
+            prompt, max_sequence_length
+        )
         timings["text"] = _now(device) - started
 
         # 2. Conditioning tokens and their position ids.
@@ -197,16 +257,46 @@ class LayerComposerPipeline(FluxKontextPipeline):
             cond_tokens, cond_ids = self.encode_collage(layers, generator)
         cond_tokens = cond_tokens.to(device=device, dtype=prompt_embeds.dtype)
         timings["encode"] = _now(device) - started
+        return Conditioning(
+            prompt_embeds, pooled_prompt_embeds, text_ids, cond_tokens, cond_ids, mode,
+            mode_reason, prompt_cached, timings,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        layers: list[CanvasLayer],
+        mode: Mode = "layered",
+        num_inference_steps: int = 28,
+        guidance_scale: float = 2.5,
+        generator: torch.Generator | None = None,
+        encode: Encode = "canvas",
+        max_sequence_length: int = 512,
+        output_type: str = "pil",
+        joint_attention_kwargs: dict | None = None,
+        step_callback: Callable[[int, int], None] | None = None,
+    ) -> LayerComposerOutput:
+        device = self._execution_device
+        hits_before, misses_before = self.latent_cache.hits, self.latent_cache.misses
+        self._joint_attention_kwargs = joint_attention_kwargs or {}
+        self._interrupt = False
+
+        # 1-2. Text embeddings, conditioning tokens and their ids.
+        cond = self.prepare(prompt, layers, mode, encode, generator, max_sequence_length)
+        timings = dict(cond.timings)
+        grid = layers[0].canvas_size.token_grid
+        dtype = cond.prompt_embeds.dtype
 
         # 3. Noisy latents with ids [0, y, x], drawn as Kontext draws them.
         channels = self.transformer.config.in_channels // 4
         noise = randn_tensor(
             (1, channels, 2 * grid.height, 2 * grid.width), generator=generator, device=device,
-            dtype=prompt_embeds.dtype,
+            dtype=dtype,
         )  # fmt: skip
         latents = pack_latents(noise)  # (1, L_img, 64)
-        noisy_ids = torch.from_numpy(noisy_position_ids(grid.height, grid.width))
-        img_ids = torch.cat([noisy_ids, cond_ids]).to(device=device, dtype=prompt_embeds.dtype)
+        noisy_ids = self.noisy_ids(grid.height, grid.width)
+        img_ids = torch.cat([noisy_ids, cond.ids]).to(device=device, dtype=dtype)
 
         # 4. Timesteps, shifted for the image's token count as in FLUX.
         sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
@@ -226,23 +316,30 @@ class LayerComposerPipeline(FluxKontextPipeline):
         # 5. Denoise: the transformer sees [noisy | conditioning]; only the noisy part steps.
         started = _now(device)
         self.scheduler.set_begin_index(0)
-        for i, t in enumerate(timesteps):
-            self._current_timestep = t
-            prediction = self.transformer(
-                hidden_states=torch.cat([latents, cond_tokens], dim=1),  # (1, L_img + L_cond, 64)
-                timestep=t.expand(1).to(latents.dtype) / 1000,
-                guidance=guidance,
-                pooled_projections=pooled_prompt_embeds,
-                encoder_hidden_states=prompt_embeds,
-                txt_ids=text_ids,
-                img_ids=img_ids,
-                joint_attention_kwargs=self._joint_attention_kwargs,
-                return_dict=False,
-            )[0]
-            prediction = prediction[:, : latents.shape[1]]  # (1, L_img, 64)
-            latents = self.scheduler.step(prediction, t, latents, return_dict=False)[0]
-            if step_callback is not None:
-                step_callback(i + 1, len(timesteps))
+        cached = getattr(self.transformer, "is_cache_enabled", False)  # first-block cache hooks
+        full_steps = 0
+        # The cache hooks keep their state per named context; without one they refuse to run.
+        with self.transformer.cache_context("cond") if cached else nullcontext():
+            for i, t in enumerate(timesteps):
+                self._current_timestep = t
+                prediction = self.transformer(
+                    hidden_states=torch.cat(
+                        [latents, cond.tokens], dim=1
+                    ),  # (1, L_img + L_cond, 64)
+                    timestep=t.expand(1).to(latents.dtype) / 1000,
+                    guidance=guidance,
+                    pooled_projections=cond.pooled_prompt_embeds,
+                    encoder_hidden_states=cond.prompt_embeds,
+                    txt_ids=cond.text_ids,
+                    img_ids=img_ids,
+                    joint_attention_kwargs=self._joint_attention_kwargs,
+                    return_dict=False,
+                )[0]
+                full_steps += ran_every_block(self.transformer) if cached else 1
+                prediction = prediction[:, : latents.shape[1]]  # (1, L_img, 64)
+                latents = self.scheduler.step(prediction, t, latents, return_dict=False)[0]
+                if step_callback is not None:
+                    step_callback(i + 1, len(timesteps))
         self._current_timestep = None
         timings["denoise"] = _now(device) - started
 
@@ -256,19 +353,36 @@ class LayerComposerPipeline(FluxKontextPipeline):
             decoded = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         timings["decode"] = _now(device) - started
-        self.maybe_free_model_hooks()
+        self.maybe_free_model_hooks()  # also resets the first-block cache for the next render
 
         tokens = {
-            "text": int(prompt_embeds.shape[1]),
+            "text": int(cond.prompt_embeds.shape[1]),
             "noisy": grid.width * grid.height,
-            "conditioning": int(cond_tokens.shape[1]),
+            "conditioning": int(cond.tokens.shape[1]),
         }
         tokens["total"] = tokens["text"] + tokens["noisy"] + tokens["conditioning"]
         cache = {
             "hits": self.latent_cache.hits - hits_before,
             "misses": self.latent_cache.misses - misses_before,
         }
-        return LayerComposerOutput(images, mode, mode_reason, tokens, timings, cache)
+        first_block_cache = None
+        if cached:
+            threshold = getattr(self.transformer._cache_config, "threshold", None)
+            first_block_cache = {
+                "threshold": threshold, "steps": len(timesteps), "full_steps": full_steps,
+            }  # fmt: skip
+        return LayerComposerOutput(
+            images, cond.mode, cond.mode_reason, tokens, timings, cache, cond.prompt_cached,
+            first_block_cache,
+        )  # fmt: skip
+
+
+def _encoders_state(pipe, encoders) -> tuple:
+    """What, besides the prompt, decides the text embeddings: the encoders and their LoRAs."""
+    adapters = tuple(tuple(sorted(getattr(e, "peft_config", None) or ())) for e in encoders)
+    dtypes = tuple(str(getattr(e, "dtype", None)) for e in encoders)
+    scales = tuple(sorted(getattr(pipe, "_lc_lora_scales", {}).items()))  # lora.set_lora_scale
+    return (tuple(id(e) for e in encoders), dtypes, adapters, scales)
 
 
 def _now(device: torch.device) -> float:

@@ -26,6 +26,12 @@ from .manifest import build_manifest, inputs_sha256, read_manifest
 from .models import DEFAULT_MODEL
 
 Status = Literal["rendered", "skipped", "failed"]
+SPEED_DEFAULTS = {
+    "compile": False,
+    "first_block_cache": None,
+    "quantize": "none",
+    "attention_backend": None,
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,24 @@ class RenderSettings:
     offload: str = "none"
     attention_backend: str | None = None
     cache_dir: str | None = None
+    compile: bool = False
+    first_block_cache: float | None = None  # threshold; None: off
+    quantize: str = "none"
+
+    def speed_options(self):
+        """The transformer speed options as `speed.SpeedOptions` (validated)."""
+        from .speed import SpeedOptions
+
+        return SpeedOptions(self.compile, self.first_block_cache, self.quantize)
+
+    def speed_inputs(self) -> dict[str, Any] | None:
+        """The speed options that can change pixels, for the manifest; None when all are off.
+
+        Left out when off so that manifests written before these options existed keep their
+        inputs hash, and `--resume` still recognises their outputs.
+        """
+        speed = {name: getattr(self, name) for name in SPEED_DEFAULTS}
+        return speed if speed != SPEED_DEFAULTS else None
 
 
 @dataclass
@@ -84,8 +108,9 @@ class Renderer:
         started = time.perf_counter()
         s = self.settings
         self.pipe, self.model_info = load_pipeline(
-            s.model, s.revision, s.dtype, s.device, s.offload, s.attention_backend
-        )
+            s.model, s.revision, s.dtype, s.device, s.offload, s.attention_backend,
+            speed=s.speed_options(),
+        )  # fmt: skip
         if s.lora:
             from .lora import load_lora
 
@@ -154,6 +179,8 @@ class Renderer:
             tokens=output.tokens,
             timings=timings,
             latent_cache=output.cache,
+            prompt_cache="hit" if output.prompt_cached else "miss",
+            first_block_cache=output.first_block_cache,
             peak_memory_bytes=peak_memory_bytes(device),
             notes=canvas.spec.notes,
             output={
@@ -191,6 +218,7 @@ def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[s
         "encode": settings.encode,
         "dtype": settings.dtype,
         "device": settings.device,
+        **({"speed": speed} if (speed := settings.speed_inputs()) else {}),
     }
 
 
@@ -361,6 +389,7 @@ def rerender_manifest(
         model=inputs["model"], revision=inputs["revision"], lora=lora.get("path"),
         lora_scale=lora.get("scale", 1.0), mode=inputs["mode"], encode=inputs["encode"],
         dtype=inputs["dtype"], device=inputs["device"],
+        **{**SPEED_DEFAULTS, **inputs.get("speed", {})},
     )  # fmt: skip
     recorded_image = Path(manifest_path).parent / manifest["output"]["image"]
     before = _read_pixels(recorded_image)  # before rendering: out_dir may be the same folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated
 
@@ -23,6 +24,11 @@ from .schema import schema_cli
 from .studio import studio_cli
 from .train import train_cli
 from .validate import validate_cli
+
+# torchao (lc render --quantize), which diffusers imports whenever it is installed, logs each GPU
+# kernel library it cannot load, and torch a deprecation for each of torchao's enums.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 app = typer.Typer(
     name="lc",

@@ -31,6 +31,7 @@ Choice = {
     "mode": ["auto", "layered", "collage"],
     "encode": ["box", "canvas"],
     "offload": ["none", "model", "sequential"],
+    "quantize": ["none", "int8", "fp8"],
 }
 
 
@@ -101,12 +102,37 @@ def render_cli(
     encode: Annotated[
         str,
         typer.Option(
-            help="box: encode each layer's box (+margin); canvas: the whole canvas per layer."
+            help="canvas: the whole canvas per layer, as the paper; box: only the layer's box "
+            "(+margin), faster and cached across moves, approximate."
         ),
-    ] = "box",
+    ] = "canvas",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Keep encoded layer latents on disk too.")
     ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the transformer's blocks: faster steps after a first slow one; "
+            "same image up to rounding.",
+        ),
+    ] = False,
+    first_block_cache: Annotated[
+        float | None,
+        typer.Option(
+            "--first-block-cache",
+            metavar="THRESHOLD",
+            help="Reuse the later blocks' output at steps where the first block's changed less "
+            "than THRESHOLD (e.g. 0.08): fewer full steps, a slightly different image.",
+        ),
+    ] = None,
+    quantize: Annotated[
+        str,
+        typer.Option(
+            help="none | int8 (int8 weights: half the memory) | fp8 (fp8 matmuls, GPUs of "
+            "compute capability 8.9+); needs torchao, changes the image."
+        ),
+    ] = "none",
     resume: Annotated[
         bool,
         typer.Option(help="Skip outputs whose manifest shows the same inputs and a whole image."),
@@ -134,6 +160,7 @@ def render_cli(
         lc render canvases/four_people.yaml
         lc render canvases/*.yaml --model builtin:tiny -o out --json
         lc render scene.yaml --lora layercomposer.safetensors -n 4 --seed 100
+        lc render scene.yaml --compile --first-block-cache 0.08 --quantize fp8
         lc render --from-manifest out/four_people/0.json -o reproduced
         accelerate launch --num_processes 2 -m layercomposer render canvases/*.yaml --resume
     """
@@ -142,7 +169,9 @@ def render_cli(
             model=model, revision=revision, lora=lora, lora_scale=lora_scale, mode=_choice("mode", mode),
             encode=_choice("encode", encode), dtype=dtype, device=device, offload=_choice("offload", offload),
             attention_backend=attention_backend, cache_dir=str(cache_dir) if cache_dir else None,
+            compile=compile_, first_block_cache=first_block_cache, quantize=_choice("quantize", quantize),
         )  # fmt: skip
+        settings.speed_options()  # a bad threshold fails now, not after the first canvas loads
         if from_manifest is not None:
             if canvases:
                 raise UsageError("give either canvas files or --from-manifest, not both")
