@@ -186,22 +186,12 @@ def render_cli(
         if world_size > 1 and settings.device == "auto":
             settings = _device_for_rank(settings)
         show_progress = not quiet and not json_ and sys.stderr.isatty()
-        results = _run(
-            paths,
-            settings,
-            output,
-            set_ or (),
-            allow_outside,
-            seed,
-            num_images,
-            resume,
-            fail_fast,
-            rank,
-            world_size,
-            json_,
-            quiet,
-            show_progress,
-        )
+        batch = {
+            "out_dir": output, "overrides": set_ or (), "allow_outside": allow_outside, "seed": seed,
+            "num_images": num_images, "resume": resume, "fail_fast": fail_fast, "rank": rank,
+            "world_size": world_size,
+        }  # fmt: skip
+        results = _run(paths, settings, batch, json_, quiet, show_progress)
         if world_size > 1:
             results = _gather(results)
         if rank == 0:
@@ -209,22 +199,9 @@ def render_cli(
         raise typer.Exit(batch_exit_code(results))
 
 
-def _run(
-    paths,
-    settings,
-    output,
-    overrides,
-    allow_outside,
-    seed,
-    num_images,
-    resume,
-    fail_fast,
-    rank,
-    world_size,
-    json_,
-    quiet,
-    show_progress,
-) -> list[RenderResult]:
+def _run(paths, settings, batch: dict, json_, quiet, show_progress) -> list[RenderResult]:
+    """Render a batch (`batch`: render_batch's keyword arguments), reporting as it goes."""
+
     def on_result(result: RenderResult) -> None:
         if json_:
             print(json.dumps(result.to_dict()), flush=True)
@@ -240,20 +217,7 @@ def _run(
     shown: set[str] = set()
     if not show_progress:
         renderer = Renderer(settings)
-        return render_batch(
-            paths,
-            renderer,
-            output,
-            overrides,
-            allow_outside,
-            seed,
-            num_images,
-            resume,
-            fail_fast,
-            rank,
-            world_size,
-            on_result,
-        )
+        return render_batch(paths, renderer, **batch, on_result=on_result)
 
     columns = (
         TextColumn("{task.description}"),
@@ -273,10 +237,7 @@ def _run(
             progress.advance(canvases_task)
 
         renderer = Renderer(settings, on_step=on_step)
-        results = render_batch(
-            paths, renderer, output, overrides, allow_outside, seed, num_images, resume, fail_fast, rank, world_size,
-            on_result, on_canvas,
-        )  # fmt: skip
+        results = render_batch(paths, renderer, **batch, on_result=on_result, on_canvas=on_canvas)
     return results
 
 
