@@ -15,7 +15,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from .. import __version__
 from .autolayout import autolayout_cli
+from .bench import bench_cli
 from .dataset import dataset_app
+from .eval import eval_cli
 from .inspect import inspect_cli
 from .lora import lora_app
 from .preview import preview_cli
@@ -65,6 +67,8 @@ app.command("schema")(schema_cli)
 app.command("render")(render_cli)
 app.command("studio")(studio_cli)
 app.command("autolayout")(autolayout_cli)
+app.command("eval")(eval_cli)
+app.command("bench")(bench_cli)
 app.command("train")(train_cli)
 app.add_typer(lora_app, name="lora")
 app.add_typer(dataset_app, name="dataset")

@@ -1,0 +1,151 @@
+"""`lc bench`: the 1P / 2P / 4P personalization benchmark, from identity photos to tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ..autolayout import PriorSettings
+from ..autolayout.prior import DEFAULT_PRIOR_MODEL
+from ..errors import UsageError
+from ..eval.bench import METHODS, SUITES, BenchRequest, run_bench
+from ..eval.metrics import METRICS
+from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
+from ..models import DEFAULT_MODEL
+from ..render import RenderSettings
+from ._errors import EXIT_FAILURE, handled_errors, stderr
+from .autolayout import _size
+from .eval import (
+    BatchSizeOption,
+    DownloadOption,
+    HPSv3CheckpointOption,
+    IdentityBackendOption,
+    MetricsDeviceOption,
+    MetricsOption,
+    NoFigureOption,
+    VQAScoreModelOption,
+    eval_options,
+    print_report,
+    stage_progress,
+)
+
+
+def bench_cli(
+    suite: Annotated[str, typer.Option(help=f"{' | '.join(SUITES)}: persons per image.")],
+    identities: Annotated[
+        Path,
+        typer.Option(help="Folder of identity photos (one person each), used in name order."),
+    ],
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="One prompt per line (default: benchmarks/prompts/<suite>.txt)."),
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")
+    ] = ",".join(METHODS),
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Output folder (default: bench/<suite>).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Kontext model: hub id, local folder, or builtin:tiny.")
+    ] = DEFAULT_MODEL,
+    revision: Annotated[str | None, typer.Option(help="Hub revision of --model.")] = None,
+    lora: Annotated[
+        str | None, typer.Option(help="LayerComposer LoRA for the layered method.")
+    ] = None,
+    lora_scale: Annotated[float, typer.Option("--lora-scale", help="LoRA strength.")] = 1.0,
+    priors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prior images (a folder, used in name order and cycled, or one image) "
+            "instead of generating them."
+        ),
+    ] = None,  # fmt: skip
+    prior_model: Annotated[
+        str, typer.Option("--prior-model", help="Generates the priors (FLUX.1 [dev]).")
+    ] = DEFAULT_PRIOR_MODEL,
+    size: Annotated[
+        str | None,
+        typer.Option(help="Canvas size WxH (default: a given prior's size, else 1024x1024)."),
+    ] = None,
+    detector: Annotated[
+        str, typer.Option(help="Face detector for the layouts: mediapipe | dlib | insightface.")
+    ] = "mediapipe",
+    fallback: Annotated[
+        str, typer.Option(help="A prior with too few faces: grid (place in a row) | error (skip).")
+    ] = "grid",
+    seed: Annotated[int, typer.Option(help="Seed of every prior and render.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Denoising steps (default: the canvas's, 28).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    device: Annotated[str, typer.Option(help="Render device: auto | cpu | cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
+    offload: Annotated[str, typer.Option(help="none | model | sequential.")] = "none",
+    metrics: MetricsOption = ",".join(METRICS),
+    identity_backend: IdentityBackendOption = "insightface",
+    vqascore_model: VQAScoreModelOption = DEFAULT_VQASCORE_MODEL,
+    hpsv3_checkpoint: HPSv3CheckpointOption = None,
+    metrics_device: MetricsDeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+    no_figure: NoFigureOption = False,
+    download_models: DownloadOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+):
+    """Run a 1P / 2P / 4P benchmark: canvases by autolayout, renders per method, metrics.
+
+    Writes into -o: the cases (suite.json), priors, canvases, renders (with manifests), and the
+    tables (results.csv with one row per output, results.md beside the paper's figures) and
+    figures. Rerunning skips every prior, canvas, render and score already made from the same
+    inputs. Exit 1 if any case could not be laid out, rendered or evaluated.
+
+    Examples:
+        lc bench --suite 2p --identities ffhq/ --lora lc.safetensors -o bench/2p
+        lc bench --suite 2p --identities ids/ --priors priors/ --model builtin:tiny --steps 2 \\
+            --identity-backend dlib --metrics identity,fidelity
+    """
+    with handled_errors():
+        method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if not method_list:
+            raise UsageError("--methods: name at least one method")
+        request = BenchRequest(
+            suite=suite, identities=identities, output=output or Path("bench") / suite,
+            prompts=prompts, methods=method_list,
+            render=RenderSettings(model=model, revision=revision, lora=lora,
+                                  lora_scale=lora_scale, dtype=dtype, device=device,
+                                  offload=offload),
+            priors=priors,
+            prior_settings=PriorSettings(model=prior_model, device=device, dtype=dtype,
+                                         offload=offload),
+            size=_size(size), detector=detector, fallback=fallback, seed=seed, steps=steps,
+            limit=limit,
+            evaluation=eval_options(metrics, identity_backend, vqascore_model, hpsv3_checkpoint,
+                                    metrics_device, batch_size, download_models),
+            figures=not no_figure, download_models=download_models,
+        )  # fmt: skip
+
+        def warn(message: str) -> None:
+            if not quiet:
+                stderr.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+        with stage_progress(not quiet and sys.stderr.isatty()) as progress:
+            result = run_bench(request, progress, warn)
+        for case_id, reason in result.layout_failures.items():
+            stderr.print(f"[red]no canvas[/red] {case_id}: {escape(reason)}")
+        for failure in result.render_failures:
+            stderr.print(
+                f"[red]render failed[/red] {escape(failure.canvas)}: {escape(failure.error or '')}"
+            )
+        if result.report is not None:
+            print_report(result.report, json_=False)
+        if (
+            result.layout_failures
+            or result.render_failures
+            or result.report is None
+            or result.report.failed
+        ):
+            raise typer.Exit(EXIT_FAILURE)
