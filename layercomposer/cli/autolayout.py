@@ -12,7 +12,7 @@ from rich.markup import escape
 from ..autolayout import AutolayoutRequest, PriorSettings, autolayout
 from ..autolayout.prior import DEFAULT_GUIDANCE, DEFAULT_PRIOR_MODEL, DEFAULT_STEPS
 from ..errors import UsageError
-from ._common import JsonOption
+from ._common import JsonOption, parse_size
 from ._errors import handled_errors, stderr
 
 CHOICES = {
@@ -27,17 +27,6 @@ def _choice(name: str, value: str) -> str:
     if value not in CHOICES[name]:
         raise UsageError(f"--{name} {value!r}: choose one of {', '.join(CHOICES[name])}")
     return value
-
-
-def _size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        width, height = (int(part) for part in parts)
-    except ValueError:
-        raise UsageError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1024x768") from None
-    return width, height
 
 
 def _masks(items: list[str]) -> dict[str, Path]:
@@ -153,7 +142,7 @@ def autolayout_cli(
                 model=prior_model, revision=revision, seed=seed, steps=steps, guidance=guidance,
                 prompt=prior_prompt, device=device, dtype=dtype, offload=offload,
             ),
-            size=_size(size),
+            size=parse_size(size),
             detector=_choice("detector", detector),
             segmenter=_choice("segmenter", segmenter),
             masks=_masks(mask or []),

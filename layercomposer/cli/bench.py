@@ -17,8 +17,8 @@ from ..eval.metrics import METRICS
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ..models import DEFAULT_MODEL
 from ..render import RenderSettings
+from ._common import parse_size
 from ._errors import EXIT_FAILURE, handled_errors, stderr
-from .autolayout import _size
 from .eval import (
     BatchSizeOption,
     DownloadOption,
@@ -121,7 +121,7 @@ def bench_cli(
             priors=priors,
             prior_settings=PriorSettings(model=prior_model, device=device, dtype=dtype,
                                          offload=offload),
-            size=_size(size), detector=detector, fallback=fallback, seed=seed, steps=steps,
+            size=parse_size(size), detector=detector, fallback=fallback, seed=seed, steps=steps,
             limit=limit,
             evaluation=eval_options(metrics, identity_backend, vqascore_model, hpsv3_checkpoint,
                                     metrics_device, batch_size, download_models),

@@ -15,8 +15,8 @@ from ..faces.insightface_backend import (
     DET_SIZE,
     InsightFaceDetector,
     InsightFaceEmbedder,
-    _load,
-    _model_zoo,
+    load_model,
+    model_zoo,
 )
 from ..faces.registry import ModelFile, ResolvedFile, resolve_model_file
 
@@ -56,7 +56,7 @@ class Antelopev2Detector(InsightFaceDetector):
 
     def __init__(self, download: bool = False, min_score: float = 0.5):
         self._model = resolve(DETECTION_MODEL)
-        self._detector = _load(_model_zoo(), self._model.path)
+        self._detector = load_model(model_zoo(), self._model.path)
         self._detector.prepare(ctx_id=-1, input_size=DET_SIZE, det_thresh=min_score)
 
 
@@ -68,7 +68,7 @@ class Antelopev2Embedder(InsightFaceEmbedder):
     def __init__(self, download: bool = False):
         self._file = resolve(RECOGNITION_MODEL)
         self._detector = Antelopev2Detector()
-        self._arcface = _load(_model_zoo(), self._file.path)
+        self._arcface = load_model(model_zoo(), self._file.path)
         self._arcface.prepare(ctx_id=-1)
 
     @property

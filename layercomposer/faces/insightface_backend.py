@@ -20,7 +20,7 @@ DET_SIZE = (640, 640)
 MIN_FACE = 16  # SCRFD at 640x640 input
 
 
-def _model_zoo():
+def model_zoo():
     try:
         from insightface import model_zoo
     except ImportError as exc:
@@ -28,7 +28,7 @@ def _model_zoo():
     return model_zoo
 
 
-def _load(model_zoo, path: str):
+def load_model(model_zoo, path: str):
     try:
         return model_zoo.get_model(path, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds on a bad file
@@ -43,7 +43,7 @@ class InsightFaceDetector:
     def __init__(self, download: bool = False, min_score: float = 0.5):
         # Files first: a missing pack is the common case, and its message says what to do.
         self._model = resolve_model_file(DETECTION_MODEL, download=download)
-        self._detector = _load(_model_zoo(), self._model.path)
+        self._detector = load_model(model_zoo(), self._model.path)
         self._detector.prepare(ctx_id=-1, input_size=DET_SIZE, det_thresh=min_score)
 
     def models(self) -> list[ResolvedFile]:
@@ -111,7 +111,7 @@ class InsightFaceEmbedder:
     def __init__(self, download: bool = False):
         self._file = resolve_model_file(RECOGNITION_MODEL, download=download)
         self._detector = InsightFaceDetector(download=download)
-        self._arcface = _load(_model_zoo(), self._file.path)
+        self._arcface = load_model(model_zoo(), self._file.path)
         self._arcface.prepare(ctx_id=-1)
 
     def models(self) -> list[ResolvedFile]:
