@@ -209,6 +209,20 @@ class LayerComposerPipeline(FluxKontextPipeline):
         kept = tokens[:, torch.from_numpy(mask.reshape(-1)).to(tokens.device)]  # (1, n, 64)
         return kept, torch.from_numpy(grid_position_ids(layer.token_mask, index))
 
+    def encode_layers(
+        self, layers: list[CanvasLayer], encode: Encode = "canvas", generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All layers' kept tokens (1, L_cond, 64) and `[layer, y, x]` ids (L_cond, 3), in order.
+
+        The one place the layered conditioning is built: rendering and training both call it.
+        """
+        plan = plan_tokens(layers)
+        encoded = [
+            self.encode_layer(layer, planned.index, encode, generator)
+            for layer, planned in zip(layers, plan.layers, strict=True)
+        ]
+        return torch.cat([t for t, _ in encoded], dim=1), torch.cat([i for _, i in encoded])
+
     def encode_collage(
         self, layers: list[CanvasLayer], generator=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,13 +260,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         # 2. Conditioning tokens and their position ids.
         started = _now(device)
         if mode == "layered":
-            plan = plan_tokens(layers)
-            encoded = [
-                self.encode_layer(layer, planned.index, encode, generator)
-                for layer, planned in zip(layers, plan.layers, strict=True)
-            ]
-            cond_tokens = torch.cat([tokens for tokens, _ in encoded], dim=1)  # (1, L_cond, 64)
-            cond_ids = torch.cat([ids for _, ids in encoded], dim=0)  # (L_cond, 3)
+            cond_tokens, cond_ids = self.encode_layers(layers, encode, generator)
         else:
             cond_tokens, cond_ids = self.encode_collage(layers, generator)
         cond_tokens = cond_tokens.to(device=device, dtype=prompt_embeds.dtype)

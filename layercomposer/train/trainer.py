@@ -22,7 +22,7 @@ import torch
 
 from ..errors import LcError
 from ..files import TEMP_SUFFIX, write_json_atomic
-from ..tokens import noisy_position_ids, plan_tokens
+from ..tokens import noisy_position_ids
 from .config import TrainConfig
 from .dataset import load_index
 from .sampler import SamplingConfig, TrainingSample, sample_example
@@ -156,22 +156,13 @@ class Trainer:
             cache.put(key, latents)
         return latents
 
-    def conditioning(self, sample: TrainingSample) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layers' kept tokens (1, L_cond, 64) and ids (L_cond, 3), as rendering builds them."""
-        plan = plan_tokens(sample.layers)
-        encoded = [
-            self.pipe.encode_layer(layer, planned.index)
-            for layer, planned in zip(sample.layers, plan.layers, strict=True)
-        ]
-        return torch.cat([t for t, _ in encoded], dim=1), torch.cat([i for _, i in encoded])
-
     def example_loss(self, sample: TrainingSample, sigma: float, noise_seed: int) -> torch.Tensor:
         """Flow-matching loss ||v(z_t) - (noise - z_0)||^2 on the noisy tokens only."""
         device = self.accelerator.device
         dtype = self.pipe.transformer.dtype
         with torch.no_grad():
             target = self._target_latents(sample)  # (1, L, 64)
-            cond_tokens, cond_ids = self.conditioning(sample)
+            cond_tokens, cond_ids = self.pipe.encode_layers(sample.layers)
             prompt_embeds, pooled, text_ids = self._text(sample.caption)
         target = target.to(device, torch.float32)
         generator = torch.Generator("cpu").manual_seed(noise_seed)
