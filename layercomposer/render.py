@@ -98,6 +98,7 @@ class Renderer:
     lora_info: Any = None
     load_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    _built: tuple | None = field(default=None, repr=False)  # (canvas, its layers), see _layers
 
     def load(self) -> None:
         if self.pipe is not None:
@@ -118,18 +119,24 @@ class Renderer:
         self.pipe.latent_cache = LatentCache(s.cache_dir)
         self.load_seconds = time.perf_counter() - started
 
+    def _layers(self, canvas: Canvas) -> list:
+        """The canvas's layers, built once for all of its seeds (`-n K` decodes images once)."""
+        if self._built is None or self._built[0] is not canvas:
+            self._built = (canvas, build_layers(canvas))
+        return self._built[1]
+
     def render(
         self, canvas: Canvas, seed: int, out_dir: Path, resume: bool = False
     ) -> RenderResult:
         """Render one canvas with one seed into `out_dir/<canvas>/<seed>.png` (+ `.json`)."""
         started = time.perf_counter()
         image_path, manifest_path = output_paths(out_dir, canvas, seed)
-        layers = build_layers(canvas)  # invalid images fail here, before any model work
         inputs = render_inputs(canvas, self.settings, seed)
         if resume and is_complete(image_path, manifest_path, inputs):
             return RenderResult(
                 str(canvas.path), seed, "skipped", str(image_path), str(manifest_path)
             )
+        layers = self._layers(canvas)  # invalid images fail here, before any model work
 
         self.load()
         import torch
