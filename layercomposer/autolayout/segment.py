@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
-from ..faces.mediapipe_backend import import_mediapipe, mediapipe_image
+from ..faces.mediapipe_backend import create_task, import_mediapipe, mediapipe_image
 from ..faces.native import quiet_native_stderr
 from ..faces.registry import ResolvedFile, resolve_model_file
 from ..faces.types import Face
@@ -27,11 +26,7 @@ class MediaPipePersonSegmenter:
             output_confidence_masks=True,
             output_category_mask=False,
         )
-        try:
-            with quiet_native_stderr():
-                self._segmenter = vision.ImageSegmenter.create_from_options(options)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"MediaPipe cannot load {self._model.path}: {exc}") from None
+        self._segmenter = create_task(vision.ImageSegmenter, options, self._model)
 
     def models(self) -> list[ResolvedFile]:
         return [self._model]

@@ -33,6 +33,15 @@ def import_mediapipe():
     return mp, BaseOptions, vision
 
 
+def create_task(task_class, options, model: ResolvedFile):
+    """A MediaPipe Tasks object (detector, segmenter) from its options, quietly, or a ModelError."""
+    try:
+        with quiet_native_stderr():
+            return task_class.create_from_options(options)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"MediaPipe cannot load {model.path}: {exc}") from None
+
+
 def mediapipe_image(rgb: np.ndarray):
     mp, _, _ = import_mediapipe()
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
@@ -50,11 +59,7 @@ class MediaPipeFaceDetector:
             base_options=BaseOptions(model_asset_path=self._model.path),
             min_detection_confidence=min_score,
         )
-        try:
-            with quiet_native_stderr():
-                self._detector = vision.FaceDetector.create_from_options(options)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"MediaPipe cannot load {self._model.path}: {exc}") from None
+        self._detector = create_task(vision.FaceDetector, options, self._model)
         self.min_score = min_score
 
     def models(self) -> list[ResolvedFile]:
