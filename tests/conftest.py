@@ -75,3 +75,18 @@ def tiny_transformer_output(transformer, guidance: float = 2.5):
             txt_ids=torch.zeros(8, 3),
             return_dict=False,
         )[0]
+
+
+def stock_kontext(pipe, image, seed: int = 0, steps: int = 2, guidance: float = 3.5):
+    """(1, H, W, 3) from diffusers' own Kontext call, at the reference image's size, no resize."""
+    import torch
+    from PIL import Image
+
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    width, height = image.size
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        image=image, prompt="a photo", num_inference_steps=steps, guidance_scale=guidance,
+        height=height, width=width, max_area=width * height, _auto_resize=False,
+        output_type="np", generator=torch.Generator().manual_seed(seed),
+    ).images  # fmt: skip

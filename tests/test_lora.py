@@ -14,10 +14,9 @@ peft = pytest.importorskip("peft")
 pytest.importorskip("safetensors")
 
 from peft import LoraConfig, get_peft_model_state_dict  # noqa: E402
-from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from conftest import tiny_transformer_output  # noqa: E402
+from conftest import stock_kontext, tiny_transformer_output  # noqa: E402
 from layercomposer.errors import ModelError, UsageError  # noqa: E402
 from layercomposer.files import sha256_file  # noqa: E402
 from layercomposer.lora import (  # noqa: E402
@@ -47,17 +46,7 @@ def transformer_out(pipe) -> torch.Tensor:
 def render(pipe) -> np.ndarray:
     """A 2-step 64x64 Kontext call with a fixed image and generator."""
     pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    return pipe(
-        image=Image.fromarray(pixels),
-        prompt="a photo",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        max_area=64 * 64,
-        _auto_resize=False,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+    return stock_kontext(pipe, pixels)
 
 
 def kohya_double_blocks(sd: dict, style: str = "kohya") -> dict:

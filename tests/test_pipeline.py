@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxKontextPipeline
-from PIL import Image
 
+from conftest import stock_kontext
 from layercomposer.canvas import load_canvas
 from layercomposer.geometry import Extent
 from layercomposer.latents import LatentCache, pack_latents, unpack_latents
@@ -33,14 +33,10 @@ def generator(seed=7):
     return torch.Generator().manual_seed(seed)
 
 
-def kontext(components, image: np.ndarray, width: int, height: int) -> np.ndarray:
+def kontext(components, image: np.ndarray) -> np.ndarray:
     """Stock FLUX.1 Kontext, reference image at the canvas size (no auto-resize)."""
-    reference = FluxKontextPipeline(**components)
-    reference.set_progress_bar_config(disable=True)
-    return reference(
-        prompt="a photo", image=Image.fromarray(image), height=height, width=width, max_area=width * height,
-        _auto_resize=False, generator=generator(), output_type="np", **STEPS,
-    ).images  # fmt: skip
+    steps, guidance = STEPS["num_inference_steps"], STEPS["guidance_scale"]
+    return stock_kontext(FluxKontextPipeline(**components), image, 7, steps, guidance)
 
 
 def opaque_layer(width=96, height=64, lock=False, seed=0) -> CanvasLayer:
@@ -52,7 +48,7 @@ def opaque_layer(width=96, height=64, lock=False, seed=0) -> CanvasLayer:
 def test_collage_mode_equals_stock_kontext_on_the_collage(components, pipe, two_discs):
     layers = build_layers(load_canvas(two_discs))
     ours = pipe("a photo", layers, mode="collage", generator=generator(), output_type="np", **STEPS)
-    expected = kontext(components, flatten(layers), 128, 128)
+    expected = kontext(components, flatten(layers))
     np.testing.assert_array_equal(ours.images, expected)
     assert ours.mode == "collage" and ours.tokens["conditioning"] == 64
 
@@ -62,7 +58,7 @@ def test_one_opaque_unlocked_canvas_layer_equals_kontext_on_that_image(component
     ours = pipe(
         "a photo", [layer], mode="layered", generator=generator(), output_type="np", **STEPS
     )
-    expected = kontext(components, layer.rgba[..., :3], 96, 64)
+    expected = kontext(components, layer.rgba[..., :3])
     np.testing.assert_array_equal(ours.images, expected)
 
 

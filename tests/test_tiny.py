@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from conftest import stock_kontext  # noqa: E402
 from layercomposer.tiny import TINY_MODEL_ID, tiny_kontext_components  # noqa: E402
 
 PROMPT_UNICODE = "Ünïcödé 東京 🙂 \t tabs\nand\u00a0nbsp ~`|"
@@ -25,20 +26,7 @@ def image() -> Image.Image:
 
 
 def _render(components: dict, image: Image.Image, seed: int = 0) -> np.ndarray:
-    pipe = diffusers.FluxKontextPipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        image=image,
-        prompt="a photo",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        max_area=64 * 64,
-        _auto_resize=False,
-        output_type="np",
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return out.images
+    return stock_kontext(diffusers.FluxKontextPipeline(**components), image, seed)
 
 
 def test_model_id() -> None:
