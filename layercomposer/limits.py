@@ -1,0 +1,200 @@
+"""The named bounds on every input lc reads, and the small readers that enforce them.
+
+A hostile or broken file must be refused before it costs much: no input may take more than
+10 s or 1 GB of memory before lc answers. Each bound below is checked before the expensive
+step (parsing, decoding), never after. Pillow's own decompression-bomb check is process-global
+(`Image.MAX_IMAGE_PIXELS`, which any library may change), so image sizes are checked here too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+MiB = 1024 * 1024
+
+# YAML (canvas files, training configs, `--set` values). The example canvases are under 2 KB.
+MAX_YAML_BYTES = 1 * MiB
+MAX_YAML_DEPTH = 32  # mappings and lists nested; a canvas needs 4
+MAX_YAML_NODES = 100_000  # scalars, lists and mappings in one document
+# Anchors and aliases are refused in every YAML file lc reads (see docs/canvas-format.md).
+
+# JSON (run manifests, state.json, index.json, scene.json, sidecars, studio request bodies).
+MAX_JSON_BYTES = 16 * MiB  # a whole JSON file; a manifest is a few KB
+MAX_JSON_LINE_BYTES = 1 * MiB  # one line of a JSON-lines file (scores.jsonl)
+MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few KB)
+
+# Images (layers, masks, backgrounds, priors, subject photos, dataset images, outputs).
+MAX_IMAGE_BYTES = 256 * MiB  # the file itself
+MAX_IMAGE_PIXELS = 64_000_000  # width x height, e.g. a 48 MP phone photo fits; ~256 MB as RGBA
+MAX_IMAGE_SIDE = 16_384  # either side, in pixels
+# The formats lc opens: what cameras, phones and editors write (JPEG includes MPO). Pillow can read others (EPS
+# would run Ghostscript, for one); a layer has no need of them.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+
+# Videos (`lc dataset build` on video files; the reader lives with the dataset builder).
+MAX_VIDEO_BYTES = 8 * 1024 * MiB  # 8 GiB: an hour of 1080p at a high bitrate
+MAX_VIDEO_SECONDS = 2 * 60 * 60  # two hours
+MAX_VIDEO_FRAMES = 2 * 60 * 60 * 60  # two hours at 60 fps
+MAX_VIDEO_PIXELS = 4096 * 2160  # per frame: DCI 4K
+
+
+class TooLargeError(InputError):
+    """An input is over one of lc's bounds; the message says which and by how much."""
+
+
+class UnreadableImageError(InputError):
+    """An image file cannot be decoded: not an image, an unsupported format, truncated."""
+
+
+def size_text(count: int) -> str:
+    """A byte count for a person: '1.5 MiB', '300 bytes'."""
+    if count < 1024:
+        return f"{count} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        count /= 1024
+        if count < 1024 or unit == "GiB":
+            return f"{count:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
+def check_file_size(path: str | Path, max_bytes: int, what: str = "file") -> int:
+    """The size of `path` in bytes, or TooLargeError if it is over `max_bytes`."""
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise TooLargeError(
+            f"{path}: {what} is {size_text(size)}, over lc's limit of {size_text(max_bytes)}"
+        )
+    return size
+
+
+def read_bytes_bounded(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
+    """A file's bytes, refusing files over `max_bytes` (also one that grows while read)."""
+    check_file_size(path, max_bytes, what)
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLargeError(f"{path}: {what} is over lc's limit of {size_text(max_bytes)}")
+    return data
+
+
+def read_json_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file's value; TooLargeError over `max_bytes`, ValueError if it is not JSON.
+
+    `json.JSONDecodeError` (a ValueError) and `UnicodeDecodeError` propagate for the caller to
+    phrase; nesting deep enough to exhaust the parser is reported as a ValueError too.
+    """
+    return loads_json_bounded(read_bytes_bounded(path, max_bytes, "JSON file"), max_bytes)
+
+
+def loads_json_bounded(data: bytes | str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """`json.loads` with a size cap; deep nesting becomes a ValueError, not a RecursionError."""
+    if len(data) > max_bytes:
+        raise TooLargeError(f"JSON text is over lc's limit of {size_text(max_bytes)}")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def check_image_size(
+    width: int,
+    height: int,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_side: int = MAX_IMAGE_SIDE,
+) -> None:
+    """TooLargeError if an image of this size is over the bounds; called before decoding."""
+    if width <= 0 or height <= 0:
+        raise UnreadableImageError(f"the image claims a size of {width}x{height} pixels")
+    if max(width, height) > max_side or width * height > max_pixels:
+        raise TooLargeError(
+            f"the image is {width}x{height} pixels, over lc's limit of {max_side} pixels a side "
+            f"and {max_pixels / 1e6:g} MP"
+        )
+
+
+def open_image_bounded(
+    source: str | Path | bytes,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_side: int = MAX_IMAGE_SIDE,
+    max_bytes: int = MAX_IMAGE_BYTES,
+) -> Image.Image:
+    """An image decoded into memory (first frame), its size checked from the header first.
+
+    Raises TooLargeError (over a bound) or UnreadableImageError (not an image lc reads, empty,
+    truncated, corrupt), both with a message naming the file; never a Pillow exception.
+    """
+    name = "the image" if isinstance(source, bytes) else str(source)
+    try:
+        if isinstance(source, bytes):
+            if len(source) > max_bytes:
+                raise TooLargeError(
+                    f"image is {size_text(len(source))}, over {size_text(max_bytes)}"
+                )
+            handle: Any = io.BytesIO(source)
+        else:
+            check_file_size(source, max_bytes, "image")
+            handle = open(source, "rb")  # noqa: SIM115 - closed below, after decoding
+        with handle:
+            if not handle.read(1):
+                raise UnreadableImageError(f"{name} is empty (0 bytes)")
+            handle.seek(0)
+            with Image.open(handle, formats=IMAGE_FORMATS) as image:
+                check_image_size(image.width, image.height, max_pixels, max_side)
+                _load_checked(image, max_pixels, max_side)
+                return image
+    except (TooLargeError, UnreadableImageError) as exc:
+        if isinstance(source, bytes) or str(source) in exc.message:
+            raise
+        raise type(exc)(f"{source}: {exc.message}") from None
+    except FileNotFoundError:
+        raise UnreadableImageError(f"image not found: {source}") from None
+    except IsADirectoryError:
+        raise UnreadableImageError(f"{source} is a folder, not an image") from None
+    except Image.DecompressionBombError:
+        raise TooLargeError(f"{name} is too large to decode safely") from None
+    except UnidentifiedImageError:
+        formats = ", ".join(IMAGE_FORMATS)
+        raise UnreadableImageError(f"{name} is not an image lc reads ({formats})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:
+        # Pillow reports truncated or corrupt data with any of these, depending on the format.
+        raise UnreadableImageError(
+            f"{name} cannot be decoded ({exc or type(exc).__name__})"
+        ) from None
+
+
+def _load_checked(image: Image.Image, max_pixels: int, max_side: int) -> None:
+    """Decode the pixels; a format whose size can change while loading is checked again."""
+    image.load()
+    check_image_size(image.width, image.height, max_pixels, max_side)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """The image in an 8-bit mode Pillow converts correctly to RGB(A) or L.
+
+    Pillow opens 16-bit grayscale as 'I;16' or 'I' and float TIFFs as 'F'; `convert('L')` or
+    `convert('RGBA')` on those clips at 255 instead of scaling, turning a photo or a mask white.
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 255.0 if image.mode == "I" and values.max(initial=0) <= 255 else 65535.0
+        return Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).round().astype(np.uint8))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    return image
