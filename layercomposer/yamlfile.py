@@ -1,7 +1,9 @@
 """YAML input files (canvases, training configs): reading, `--set` overrides, located errors.
 
 Every problem is reported as `file:line: [layers -> 2 -> scale] message`, or against the
-`--set key=value` that wrote the value.
+`--set key=value` that wrote the value. Every YAML text lc reads goes through `parse_yaml`,
+which refuses oversized files, deep nesting, anchors and aliases (the "billion laughs" bomb)
+and duplicate keys from the event stream, before any tree is built.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import CanvasError, Problem, UsageError
+from .limits import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, size_text
 
 Loc = tuple[str | int, ...]
 Model = TypeVar("Model", bound=BaseModel)
@@ -68,7 +71,8 @@ def read_yaml_file(
         return error([Problem(f"{path}:{line}" if line else str(path), (), message)])
 
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:  # read one byte past the cap: a pipe has no size
+            raw = handle.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise fail(f"no such {kind}") from None
     except IsADirectoryError:
@@ -76,15 +80,9 @@ def read_yaml_file(
     except OSError as exc:
         raise fail(f"cannot be read: {exc.strerror}") from None
     try:
-        text = raw.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise fail("is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise fail(f"not valid YAML: {reason}", mark.line + 1 if mark else 1) from None
+        data, node = parse_yaml(raw)
+    except BadYaml as exc:
+        raise fail(exc.reason, exc.line) from None
     if not isinstance(data, dict):
         found = "empty" if data is None else f"a {type(data).__name__}"
         raise fail(f"a {kind} must be a YAML mapping of keys to values, not {found}", 1)
@@ -92,6 +90,122 @@ def read_yaml_file(
     overridden = {apply_override(data, override): override for override in overrides}
     digest = hashlib.sha256(raw).hexdigest()
     return YamlFile(path, data, digest, tuple(overrides), _node_lines(node), overridden)
+
+
+class BadYaml(ValueError):
+    """A YAML text lc will not read; `line` is 1-based, or None when no line is to blame."""
+
+    def __init__(self, reason: str, line: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+class YamlRefused(BadYaml):
+    """Well-formed YAML that lc refuses: over a bound, an anchor or alias, a duplicate key."""
+
+
+# libyaml's parser when PyYAML was built with it: the same events, faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(
+    text: bytes | str,
+    max_bytes: int = MAX_YAML_BYTES,
+    max_depth: int = MAX_YAML_DEPTH,
+    max_nodes: int = MAX_YAML_NODES,
+) -> tuple[Any, yaml.Node | None]:
+    """One YAML document's data and node tree, or BadYaml saying why (and on which line).
+
+    The bounds are checked on the parser's event stream, which is read lazily: an alias bomb,
+    a deep nest or a flood of nodes is refused at its first offending event, before a node
+    tree or any Python object is built. Anchors and aliases are refused outright: a canvas or
+    a config has no use for them, and they are what makes a few hundred bytes expand to GBs.
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise YamlRefused(f"is {size_text(size)}, over lc's limit of {size_text(max_bytes)}")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = text[: exc.start].count(b"\n") + 1
+            raise BadYaml("is not UTF-8 text", line) from None
+    try:
+        _check_events(text, max_depth, max_nodes)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise BadYaml(f"not valid YAML: {reason}", mark.line + 1 if mark else 1) from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5000 digits, a bad date
+        if isinstance(exc, BadYaml):
+            raise
+        raise BadYaml(f"not valid YAML: {exc}", 1) from None
+    _check_duplicate_keys(node)
+    return data, node
+
+
+def _check_events(text: str, max_depth: int, max_nodes: int) -> None:
+    """YamlRefused at the first event that breaks a bound (events are parsed one at a time)."""
+    depth = nodes = documents = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise YamlRefused(
+                f"alias '*{event.anchor}': lc does not accept YAML anchors and aliases; "
+                "write the value out where it is used",
+                line,
+            )
+        if isinstance(event, yaml.NodeEvent):
+            if event.anchor is not None:
+                raise YamlRefused(
+                    f"anchor '&{event.anchor}': lc does not accept YAML anchors and aliases; "
+                    "write the value out where it is used",
+                    line,
+                )
+            nodes += 1
+            if nodes > max_nodes:
+                raise YamlRefused(f"more than {max_nodes:,} values in one file", line)
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > max_depth:
+                raise YamlRefused(f"nested more than {max_depth} levels deep", line)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise YamlRefused("more than one YAML document ('---') in one file", line)
+
+
+def _check_duplicate_keys(node: yaml.Node | None) -> None:
+    """YamlRefused at the second occurrence of a key in any mapping (YAML forbids it; PyYAML
+    would silently keep the last one)."""
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in current.value:
+                stack.append(value_node)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise YamlRefused(
+                        f"duplicate key '{key_node.value}' (first written on line {seen[key]})",
+                        line,
+                    )
+                seen[key] = line
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def _node_lines(node: yaml.Node | None, loc: Loc = ()) -> dict[Loc, int]:
@@ -186,9 +300,11 @@ def apply_override(data: dict, override: str) -> Loc:
     if not all(parts):
         raise UsageError(f"--set {override}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw)[0] if raw.strip() else ""
+    except YamlRefused as exc:
+        raise UsageError(f"--set {override}: the value {exc.reason}") from None
+    except BadYaml:
+        value = raw  # not YAML: taken as the string it is
     loc = resolve_key(data, parts)
     node: Any = data
     for part in loc[:-1]:

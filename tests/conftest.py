@@ -38,10 +38,22 @@ def make_canvas(tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(target)
         path = tmp_path / name
-        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+        path.write_text(spec if isinstance(spec, str) else plain_yaml(spec))
         return path
 
     return make
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value shared twice in full: lc refuses YAML anchors and aliases."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def plain_yaml(data) -> str:
+    """`data` as YAML text with no anchors or aliases, keys in their given order."""
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False)
 
 
 @pytest.fixture
