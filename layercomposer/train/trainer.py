@@ -8,7 +8,6 @@ generator whose state is checkpointed, so `--resume` continues exactly.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import time
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import LcError
 from ..files import TEMP_SUFFIX, write_json_atomic
+from ..limits import read_json_bounded
 from ..tokens import noisy_position_ids
 from .config import TrainConfig
 from .dataset import load_index
@@ -329,7 +329,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.transformer)
         set_peft_model_state_dict(model, weights, adapter_name=ADAPTER)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = read_json_bounded(checkpoint / "state.json")
         rng.bit_generator.state = state["rng"]
         _truncate_metrics(self.output / "metrics.csv", state["step"])
         return int(state["step"])
