@@ -30,7 +30,8 @@ MAX_YAML_NODES = 100_000  # scalars, lists and mappings in one document
 
 # JSON (run manifests, state.json, index.json, scene.json, sidecars, studio request bodies).
 MAX_JSON_BYTES = 16 * MiB  # a whole JSON file; a manifest is a few KB
-MAX_JSON_LINE_BYTES = 1 * MiB  # one line of a JSON-lines file (scores.jsonl)
+MAX_JSON_LINES_BYTES = 64 * MiB  # a whole JSON-lines file (scores.jsonl: ~200 bytes a score)
+MAX_JSON_LINE_BYTES = 1 * MiB  # one line of it
 MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few KB)
 
 # Images (layers, masks, backgrounds, priors, subject photos, dataset images, outputs).
@@ -104,6 +105,24 @@ def loads_json_bounded(data: bytes | str, max_bytes: int = MAX_JSON_BYTES) -> An
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
+
+
+def read_json_lines_bounded(
+    path: str | Path,
+    max_bytes: int = MAX_JSON_LINES_BYTES,
+    max_line_bytes: int = MAX_JSON_LINE_BYTES,
+) -> list[Any]:
+    """The values of a JSON-lines file; a line that is not JSON (cut short by a killed run) or
+    is over `max_line_bytes` is skipped, a file over `max_bytes` is TooLargeError."""
+    values = []
+    for line in read_bytes_bounded(path, max_bytes, "JSON-lines file").splitlines():
+        if len(line) > max_line_bytes:
+            continue
+        try:
+            values.append(json.loads(line))
+        except (ValueError, RecursionError):
+            continue
+    return values
 
 
 # --- images --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LcError
+from .limits import read_json_bounded
 
 MANIFEST_VERSION = 1
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
@@ -55,10 +56,10 @@ def build_manifest(inputs: dict[str, Any], **facts: Any) -> dict[str, Any]:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Return a manifest written by `lc render`, or raise an LcError saying what is wrong."""
     try:
-        manifest = json.loads(Path(path).read_text())
+        manifest = read_json_bounded(path)
     except FileNotFoundError:
         raise LcError(f"no manifest at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise LcError(f"{path} is not a readable JSON manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise LcError(f"{path} is not an lc run manifest (version {MANIFEST_VERSION})")

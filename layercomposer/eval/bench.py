@@ -1,14 +1,17 @@
 """`lc bench`: the 1P / 2P / 4P personalization benchmark as a plain function.
 
 Per suite: one case per prompt, each with k identities (k = 1, 2, 4); a prior per case (given,
-or generated with FLUX.1 [dev] in one model load); a canvas per case from `autolayout`; one
-render per case and method; then `lc eval`'s metrics and tables, with the paper's Table 1
-figures beside. Every stage skips work an earlier run already did with the same inputs, so an
-interrupted benchmark resumes where it stopped.
+or generated with FLUX.1 [dev] from the prompt as given, in one model load, trying the next
+seeds while it shows fewer faces than the case has people); a canvas per case from
+`autolayout` (for 1P, from each photo's cropped head); one render per case and method; then
+`lc eval`'s metrics and tables, with every Table 1 row of the setting beside. A case that
+cannot be laid out is reported and counted as failed. Every stage skips work an earlier run
+already did with the same inputs, so an interrupted benchmark resumes where it stopped.
 
 Layout of the output folder:
     suite.json                       the cases: prompt and identity photos (with hashes)
-    priors/<case>.png + .json        generated priors and how they were made
+    priors/<case>.png + .json        generated priors and how they were made (seeds tried)
+    heads/<case>/<photo>.png         1P: the cropped heads autolayout places
     canvases/<case>.yaml (+ .autolayout/, .inputs.json)
     renders/<method>/<case>/<seed>.png + .json     lc render's outputs and manifests
     results.csv, subjects.csv, locked.csv, results.md, figure_*.png, scores.jsonl
@@ -19,29 +22,31 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..autolayout import AutolayoutRequest, PriorSettings, autolayout
-from ..autolayout.prior import check_size, prior_prompt
+from ..autolayout.inputs import read_image
+from ..autolayout.layout import MIN_SUBJECT_FACE_PX
+from ..autolayout.prior import PROMPT_MODES, check_size, prior_text
 from ..errors import InputError, UsageError
+from ..faces.detect import open_detector
 from ..files import sha256_file, write_json_atomic, write_png_atomic
+from ..limits import read_json_bounded
 from ..manifest import read_manifest
 from ..render import Renderer, RenderResult, RenderSettings, render_batch
+from .availability import MetricStatus, skipped_line
+from .heads import HEAD_MARGIN, write_head
 from .metrics import EvalOptions, Progress
 from .outputs import RunOutput
-from .report import Published
+from .published import TABLE_1
 from .run import EvalReport, check_eval, run_eval
 
 SUITES: dict[str, int] = {"1p": 1, "2p": 2, "4p": 4}
 METHODS: tuple[str, ...] = ("layered", "collage")
-# LayerComposer's Table 1 (ArcFace, VQAScore, HPSv3), for reference beside ours.
-PUBLISHED: dict[str, Published] = {
-    "1p": Published("1P", 0.487, 0.893, 12.5),
-    "2p": Published("2P", 0.547, 0.796, 11.6),
-    "4p": Published("4P", 0.533, 0.840, 12.5),
-}
+DEFAULT_PRIOR_SEEDS = 4  # priors tried per case (seeds seed .. seed+3) for enough faces
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PROMPTS_DIR = Path("benchmarks/prompts")
 
@@ -76,7 +81,10 @@ class BenchRequest:
     prior_settings: PriorSettings = field(default_factory=PriorSettings)
     size: tuple[int, int] | None = None
     detector: str = "mediapipe"
-    fallback: str = "grid"
+    fallback: str = "error"  # grid: a prior with too few faces places the rest in a row
+    prior_prompt: str = "given"  # given: the case prompt as is (the paper); rewrite: prior_text
+    prior_seeds: int = DEFAULT_PRIOR_SEEDS  # generated priors tried per case, next seeds
+    head_margin: float = HEAD_MARGIN  # 1P: the head crop around the face box (heads.py)
     seed: int = 0
     steps: int | None = None  # None: the canvas default
     limit: int | None = None  # only the first N prompts
@@ -91,6 +99,7 @@ class BenchResult:
     layout_failures: dict[str, str]  # case id -> why its canvas could not be made
     renders: dict[str, list[RenderResult]]  # by method
     report: EvalReport | None
+    skipped_metrics: list[MetricStatus] = field(default_factory=list)
 
     @property
     def render_failures(self) -> list[RenderResult]:
@@ -159,22 +168,34 @@ def run_bench(
         )
     if request.fallback not in ("grid", "error"):
         raise UsageError(f"--fallback {request.fallback!r}: choose grid or error")
+    if request.prior_prompt not in PROMPT_MODES:
+        raise UsageError(
+            f"--prior-prompt {request.prior_prompt!r}: choose one of {', '.join(PROMPT_MODES)}"
+        )
+    if request.prior_seeds < 1:
+        raise UsageError(f"--prior-seeds {request.prior_seeds}: try at least one seed")
     if request.size is not None:
         check_size(request.size)
     prompts = read_prompts(request.prompts or PROMPTS_DIR / f"{request.suite}.txt")
     if request.limit is not None:
         prompts = prompts[: request.limit]
     cases = plan_cases(request.suite, prompts, list_images(request.identities, "--identities"))
-    check_eval(request.evaluation, request.figures)  # before hours of rendering, not after
+    # Before hours of rendering, not after; with no --metrics, the ones that cannot run here.
+    evaluation, skipped = check_eval(request.evaluation, request.figures)
+    if skipped and warn:
+        warn(skipped_line(skipped))
 
     out = request.output
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        out / "suite.json", {"suite": request.suite, "cases": [c.to_dict() for c in cases]}
-    )
+        out / "suite.json",
+        {"suite": request.suite, "protocol": protocol(request),
+         "cases": [c.to_dict() for c in cases]},
+    )  # fmt: skip
 
-    priors = _priors(cases, request, progress)
-    canvases, failures = _layouts(cases, priors, request, progress, warn)
+    priors, failures = _priors(cases, request, progress)
+    canvases, layout_failures = _layouts(cases, priors, failures, request, progress, warn)
+    failures.update(layout_failures)
     renders = _render_all(list(canvases.values()), request, progress)
     outputs = [
         RunOutput(method, Path(r.manifest), read_manifest(r.manifest))
@@ -182,65 +203,129 @@ def run_bench(
         for r in results
         if r.status != "failed"
     ]
-    report = None
-    if outputs:
-        published = PUBLISHED[request.suite]
-        title = (
-            f"lc bench {request.suite}: {len(cases)} prompts, methods {', '.join(request.methods)}"
-        )
-        report = run_eval(
-            outputs, request.evaluation, out, published, title, request.figures, progress
-        )
-    return BenchResult(cases, failures, renders, report)
+    # A case with no canvas is a failure of every method; a failed render, of its method.
+    failed = {
+        method: len(failures) + sum(r.status == "failed" for r in renders.get(method, []))
+        for method in request.methods
+    }
+    title = f"lc bench {request.suite}: {len(cases)} prompts, methods {', '.join(request.methods)}"
+    report = run_eval(
+        outputs, evaluation, out, TABLE_1[request.suite], title,
+        request.figures and bool(outputs), progress, failed, skipped,
+    )  # fmt: skip
+    return BenchResult(cases, dict(sorted(failures.items())), renders, report, skipped)
+
+
+def protocol(request: BenchRequest) -> dict[str, Any]:
+    """How the cases' inputs are made, as suite.json records it."""
+    generated = request.priors is None
+    return {
+        "priors": "generated" if generated else "given",
+        "prior_prompt": request.prior_prompt if generated else None,
+        "prior_seeds": (
+            list(range(request.seed, request.seed + request.prior_seeds)) if generated else None
+        ),
+        "fallback": request.fallback,
+        "subject_input": "head" if request.suite == "1p" else "cut-out",
+        "head_margin": request.head_margin if request.suite == "1p" else None,
+        "detector": request.detector,
+        "seed": request.seed,
+    }
 
 
 # --- priors -----------------------------------------------------------------------------------
 
 
-def _priors(cases: list[Case], request: BenchRequest, progress: Progress | None) -> dict[str, Path]:
+def _priors(
+    cases: list[Case], request: BenchRequest, progress: Progress | None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """A prior per case, and the cases whose priors show too few faces (with --fallback error).
+
+    A generated prior that shows fewer usable faces than the case has people is generated
+    again with the next seed, up to `prior_seeds` tries; the seeds tried and the faces each
+    showed are recorded beside it."""
     if request.priors is not None:
         given = list_images(request.priors, "--priors")
-        return {case.id: given[i % len(given)] for i, case in enumerate(cases)}
+        return {case.id: given[i % len(given)] for i, case in enumerate(cases)}, {}
     settings = request.prior_settings
     if request.size is not None:
         settings = replace(settings, size=request.size)
     folder = request.output / "priors"
-    pipe, paths = None, {}
-    for done, case in enumerate(cases, 1):
-        target = folder / f"{case.id}.png"
-        record = {
-            "prompt": settings.prompt or prior_prompt(case.prompt, len(case.subjects)),
-            "model": settings.model, "revision": settings.revision, "seed": request.seed,
-            "steps": settings.steps, "guidance": settings.guidance, "size": list(settings.size),
-            "dtype": settings.dtype,
-        }  # fmt: skip
-        if not _same_record(target, record):
-            if pipe is None:
-                pipe = _load_prior_pipeline(settings)
-            write_png_atomic(target, _generate(pipe, record))
-            write_json_atomic(
-                target.with_suffix(".json"), {**record, "sha256": sha256_file(target)}
-            )
-        paths[case.id] = target
-        if progress:
-            progress("priors", done, len(cases))
+    pipe = detector = None
+    paths: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+    try:
+        for done, case in enumerate(cases, 1):
+            target = folder / f"{case.id}.png"
+            people = len(case.subjects)
+            record = {
+                "prompt": prior_text(case.prompt, people, request.prior_prompt),
+                "prompt_mode": request.prior_prompt, "model": settings.model,
+                "revision": settings.revision, "seeds": [request.seed, request.prior_seeds],
+                "steps": settings.steps, "guidance": settings.guidance,
+                "size": list(settings.size), "dtype": settings.dtype,
+                "detector": request.detector, "faces_needed": people,
+            }  # fmt: skip
+            made = _same_record(target, record)
+            if made is None:
+                if detector is None:  # first: it fails faster than the prior model loads
+                    detector = open_detector(request.detector, download=request.download_models)
+                if pipe is None:
+                    pipe = _load_prior_pipeline(settings)
+                made = _generate_with_faces(pipe, detector, record, target)
+            if made["seed"] is None and request.fallback == "error":
+                tried = ", ".join(f"{a['seed']}: {a['faces']}" for a in made["attempts"])
+                failures[case.id] = (
+                    f"every prior shows fewer than {people} usable faces (seed: faces found; "
+                    f"{tried}); see {target}"
+                )
+            paths[case.id] = target
+            if progress:
+                progress("priors", done, len(cases))
+    finally:
+        if detector is not None:
+            detector.close()
     del pipe
     _free_memory()
-    return paths
+    return paths, failures
 
 
-def _same_record(target: Path, record: dict[str, Any]) -> bool:
-    """Whether `target` exists, whole, and was made from `record` (its .json beside it)."""
+def _generate_with_faces(pipe, detector, record: dict[str, Any], target: Path) -> dict[str, Any]:
+    """Generate priors for seeds first, first + 1, ... until one shows enough usable faces (or
+    the tries run out); write the last one made and its record; return the record."""
+    first, tries = record["seeds"]
+    attempts = []
+    for seed in range(first, first + tries):
+        rgb = _generate(pipe, {**record, "seed": seed})
+        found = [f for f in detector.detect(rgb) if f.size >= MIN_SUBJECT_FACE_PX]
+        attempts.append({"seed": seed, "faces": len(found)})
+        if len(found) >= record["faces_needed"]:
+            break
+    enough = attempts[-1]["faces"] >= record["faces_needed"]
+    made = {**record, "attempts": attempts, "seed": attempts[-1]["seed"] if enough else None}
+    write_png_atomic(target, rgb)
+    write_json_atomic(target.with_suffix(".json"), {**made, "sha256": sha256_file(target)})
+    return made
+
+
+def _same_record(target: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved record of `target` when it exists, whole, and was made from `record` (its
+    .json beside it holds `record` plus what the generation found); else None."""
     sidecar = target.with_suffix(".json")
     if not (target.is_file() and sidecar.is_file()):
-        return False
+        return None
     try:
-        saved = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return saved.get("sha256") == sha256_file(target) and {
-        k: v for k, v in saved.items() if k != "sha256"
-    } == json.loads(json.dumps(record))
+        saved = read_json_bounded(sidecar)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("sha256") != sha256_file(target):
+        return None
+    asked = json.loads(json.dumps(record))
+    if any(saved.get(key) != value for key, value in asked.items()):
+        return None
+    if not isinstance(saved.get("attempts"), list) or "seed" not in saved:
+        return None
+    return saved
 
 
 def _load_prior_pipeline(settings: PriorSettings):
@@ -274,45 +359,82 @@ def _generate(pipe, record: dict[str, Any]):
 # --- canvases ---------------------------------------------------------------------------------
 
 
-def _layouts(cases, priors, request, progress, warn) -> tuple[dict[str, Path], dict[str, str]]:
+def _layouts(
+    cases, priors, prior_failures, request, progress, warn
+) -> tuple[dict[str, Path], dict[str, str]]:
     """A canvas per case with `autolayout`; a case whose photos or prior cannot be laid out is
-    reported and skipped, not fatal (a missing model still is)."""
+    reported and skipped, not fatal (a missing model still is). Cases in `prior_failures` get
+    no canvas (a stale one from an earlier run is not used either)."""
     folder = request.output / "canvases"
     canvases: dict[str, Path] = {}
     failures: dict[str, str] = {}
-    for done, case in enumerate(cases, 1):
-        canvas = folder / f"{case.id}.yaml"
-        inputs = {
-            "prompt": case.prompt,
-            "subjects": [_sha256(p) for p in case.subjects],
-            "prior": _sha256(priors[case.id]),
-            "size": list(request.size) if request.size else None,
-            "detector": request.detector,
-            "fallback": request.fallback,
-        }
-        record = canvas.with_suffix(".inputs.json")
+    heads = request.suite == "1p"  # the paper's 1P input: the cropped head
+    with ExitStack() as stack:
+        detector = []  # opened once, on the first case that needs head crops
 
-        def case_warning(message: str, case: Case = case) -> None:
-            if warn:
-                warn(f"{case.id}: {message}")
+        def open_once():
+            if not detector:
+                found = open_detector(request.detector, download=request.download_models)
+                detector.append(stack.enter_context(closing(found)))
+            return detector[0]
 
-        try:
-            if not (canvas.is_file() and _json_or_none(record) == inputs):
-                layout = AutolayoutRequest(
-                    prompt=case.prompt, subjects=list(case.subjects), output=canvas,
-                    prior=priors[case.id], size=request.size, detector=request.detector,
-                    fallback=request.fallback, download_models=request.download_models,
-                    force=True,
-                )  # fmt: skip
-                autolayout(layout, warn=case_warning)
-                write_json_atomic(record, inputs)
-            canvases[case.id] = canvas
-        except (InputError, UsageError) as exc:  # this case's photos or prior
-            failures[case.id] = exc.message
-            case_warning(f"no canvas: {exc.message}")
-        if progress:
-            progress("canvases", done, len(cases))
+        for done, case in enumerate(cases, 1):
+            canvas = folder / f"{case.id}.yaml"
+
+            def case_warning(message: str, case: Case = case) -> None:
+                if warn:
+                    warn(f"{case.id}: {message}")
+
+            if case.id in prior_failures:
+                case_warning(f"no canvas: {prior_failures[case.id]}")
+            else:
+                try:
+                    canvases[case.id] = _layout(
+                        case, canvas, priors[case.id], request, heads, open_once, case_warning
+                    )
+                except (InputError, UsageError) as exc:  # this case's photos or prior
+                    failures[case.id] = exc.message
+                    case_warning(f"no canvas: {exc.message}")
+            if progress:
+                progress("canvases", done, len(cases))
     return canvases, failures
+
+
+def _layout(case, canvas, prior, request, heads, detector, warn) -> Path:
+    """The canvas of one case, made again only when its inputs changed (`.inputs.json`)."""
+    inputs = {
+        "prompt": case.prompt,
+        "subjects": [_sha256(p) for p in case.subjects],
+        "prior": _sha256(prior),
+        "size": list(request.size) if request.size else None,
+        "detector": request.detector,
+        "fallback": request.fallback,
+        "prior_prompt": request.prior_prompt if request.priors is None else None,
+        "subject_input": "head" if heads else "cut-out",
+        "head_margin": request.head_margin if heads else None,
+    }
+    record = canvas.with_suffix(".inputs.json")
+    if canvas.is_file() and _json_or_none(record) == inputs:
+        return canvas
+    subjects, masks = list(case.subjects), {}
+    if heads:
+        subjects = []
+        for photo in case.subjects:
+            image = read_image(photo, "identity photo")
+            head, mask = write_head(
+                photo, image.rgb, detector().detect(image.rgb),
+                request.output / "heads" / case.id, request.head_margin,
+            )  # fmt: skip
+            subjects.append(head)
+            masks[str(head)] = mask  # the whole crop is the layer: no segmentation
+    layout = AutolayoutRequest(
+        prompt=case.prompt, subjects=subjects, output=canvas, prior=prior, size=request.size,
+        detector=request.detector, masks=masks, fallback=request.fallback,
+        download_models=request.download_models, force=True,
+    )  # fmt: skip
+    autolayout(layout, warn=warn)
+    write_json_atomic(record, inputs)
+    return canvas
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -329,8 +451,8 @@ def _sha256(path: Path) -> str:
 
 def _json_or_none(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json_bounded(path)
+    except (OSError, ValueError):
         return None
 
 

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..limits import read_json_lines_bounded
+
 STORE_NAME = "scores.jsonl"
 
 
@@ -30,11 +32,8 @@ class ScoreStore:
         self.path = path
         self._records: dict[str, dict[str, Any]] = {}
         if path is not None and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run: that score is computed again
+            # A line cut short by a killed run is skipped: that score is computed again.
+            for record in read_json_lines_bounded(path):
                 if isinstance(record, dict) and "key" in record:
                     self._records[record["key"]] = record
 

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import CanvasError, LcError
 from ..files import png_bytes
+from ..limits import MAX_REQUEST_JSON_BYTES, loads_json_bounded, size_text
 from ..manifest import read_manifest
 from ..preview import PALETTE
 from ..render import RenderSettings, seeds_for
@@ -85,6 +86,7 @@ class StudioApi:
                 "lora": Path(s.lora).name if s.lora else None,
                 "mode": s.mode,
                 "encode": s.encode,
+                "fill": s.fill,
                 "modes": MODES,
                 "encodes": ENCODES,
                 "model_status": self.queue.model_status,
@@ -181,18 +183,9 @@ class StudioApi:
 
     async def upload(self, request: Request) -> Response:
         """Store the request body (one image) under images/; `?name=` suggests its file name."""
-        limit = self.workspace.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise Refused(413, f"upload is over {limit // (1024 * 1024)} MiB")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # stop reading: a client may lie about Content-Length
-                raise Refused(413, f"upload is over {limit // (1024 * 1024)} MiB")
-            chunks.append(chunk)
+        data = await _bounded_body(request, self.workspace.max_upload_bytes, "upload")
         name = request.query_params.get("name", "upload.png")
-        stored = await run_in_threadpool(self.workspace.store_upload, name, b"".join(chunks))
+        stored = await run_in_threadpool(self.workspace.store_upload, name, data)
         return _json(
             {"path": stored.path, "size": list(stored.size), "has_alpha": stored.has_alpha}
         )
@@ -287,6 +280,8 @@ class StudioApi:
             parts += ["--lora-scale", str(inputs["lora"]["scale"])]
         parts += ["--seed", str(inputs["seed"]), "--mode", inputs["mode"]]
         parts += ["--encode", inputs["encode"]]
+        if inputs.get("fill"):  # the fill used, explicitly: the line renders the same image
+            parts += ["--fill", inputs["fill"]]
         for option in ("dtype", "device"):
             if inputs.get(option) not in (None, "auto"):
                 parts += [f"--{option}", inputs[option]]
@@ -327,10 +322,25 @@ async def failed(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {Refused: refused, CanvasError: invalid_canvas, LcError: failed}
 
 
+async def _bounded_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, or 413 as soon as it is over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"{what} is over {size_text(limit)}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # stop reading: a client may lie about Content-Length
+            raise Refused(413, f"{what} is over {size_text(limit)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _body(request: Request) -> dict[str, Any]:
+    raw = await _bounded_body(request, MAX_REQUEST_JSON_BYTES, "request body")
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = loads_json_bounded(raw, MAX_REQUEST_JSON_BYTES)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or nested too deeply
         raise Refused(400, "expected a JSON body") from None
     if not isinstance(body, dict):
         raise Refused(400, "expected a JSON object")

@@ -8,21 +8,20 @@ before they are decoded, and stored under `images/` with a name derived from the
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from ..canvas import Canvas, CanvasSpec
 from ..errors import CanvasError, LcError, Problem
 from ..files import write_bytes_atomic
 from ..layers import CanvasLayer, build_layers
+from ..limits import MAX_YAML_BYTES, TooLargeError, UnreadableImageError, open_image_bounded
+from ..yamlfile import BadYaml, parse_yaml
 from .roundtrip import merged_yaml
 
 CANVAS_SUFFIXES = (".yaml", ".yml")
@@ -133,11 +132,7 @@ class Workspace:
     def read(self, relative: str) -> dict[str, Any]:
         """A canvas file as the page edits it: the plain data, and the hash of its bytes."""
         path = self.canvas_file(relative)
-        raw = path.read_bytes()
-        try:
-            data = yaml.safe_load(raw.decode("utf-8"))
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise Refused(422, f"{relative} is not readable YAML ({exc})") from None
+        raw, data = self._read_canvas(path, relative)
         if not isinstance(data, dict):
             raise Refused(422, f"{relative} is not a canvas file (a YAML mapping)")
         return {"path": relative, "data": data, "sha256": hashlib.sha256(raw).hexdigest()}
@@ -159,11 +154,24 @@ class Workspace:
                 for err in exc.errors()
             ]
             raise CanvasError(problems) from None
-        raw = path.read_bytes()
+        raw, _ = self._read_canvas(path, relative)
         if as_saved:
             raw = merged_yaml(raw.decode("utf-8"), data).encode()
         digest = hashlib.sha256(raw).hexdigest()
         return Canvas(spec, path, digest, (), allow_outside=False)
+
+    @staticmethod
+    def _read_canvas(path: Path, relative: str) -> tuple[bytes, Any]:
+        """A canvas file's bytes and data, refused (422) unless lc's bounded YAML reader accepts
+        them: the round-trip writer (ruamel) never sees a file the canvas commands refuse."""
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
+        try:
+            data, _ = parse_yaml(raw)
+        except BadYaml as exc:
+            where = f"{relative}:{exc.line}" if exc.line else relative
+            raise Refused(422, f"{where}: {exc.reason}") from None
+        return raw, data
 
     def layers(self, canvas: Canvas) -> list[CanvasLayer]:
         return build_layers(canvas)
@@ -174,7 +182,7 @@ class Workspace:
         path = self.canvas_file(relative)
         canvas = self.canvas(relative, data)
         build_layers(canvas)  # a saved canvas must render: missing images, no tokens, ...
-        raw = path.read_bytes()
+        raw, _ = self._read_canvas(path, relative)
         if base_sha256 and hashlib.sha256(raw).hexdigest() != base_sha256:
             raise Refused(
                 409,
@@ -182,7 +190,7 @@ class Workspace:
                 hint="reload the canvas, or save with force",
             )
         text = merged_yaml(raw.decode("utf-8"), data)
-        if CanvasSpec.model_validate(yaml.safe_load(text)) != canvas.spec:
+        if CanvasSpec.model_validate(parse_yaml(text)[0]) != canvas.spec:
             raise LcError(f"writing {relative} would not reproduce the canvas; nothing written")
         mode = path.stat().st_mode & 0o777
         write_bytes_atomic(path, text.encode())
@@ -195,18 +203,14 @@ class Workspace:
         """Keep an uploaded image under images/ and return where; the same bytes are kept once."""
         if len(data) > self.max_upload_bytes:
             raise Refused(413, f"upload is over {self.max_upload_bytes // (1024 * 1024)} MiB")
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                fmt, (width, height) = image.format, image.size
-                if width * height > self.max_upload_pixels:  # checked before decoding any pixel
-                    raise Refused(
-                        413,
-                        f"image is {width}x{height} px, over {self.max_upload_pixels:,} pixels",
-                    )
-                image.load()
-                has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError):
+        try:  # the size is checked from the header, before any pixel is decoded
+            image = open_image_bounded(data, max_pixels=self.max_upload_pixels)
+        except TooLargeError as exc:
+            raise Refused(413, f"upload: {exc.message}") from None
+        except UnreadableImageError:
             raise Refused(415, "not an image the studio accepts (PNG, JPEG or WebP)") from None
+        fmt, (width, height) = image.format, image.size
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         if fmt not in UPLOAD_FORMATS:
             raise Refused(415, f"{fmt} images are not accepted; use PNG, JPEG or WebP")
 

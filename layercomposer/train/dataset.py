@@ -11,15 +11,14 @@ is the target's pixels exactly, and a layer from another image lands on the same
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import LcError
+from ..limits import eight_bit, open_image_bounded, read_json_bounded
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -76,8 +75,7 @@ class DatasetIndex:
 
 @lru_cache(maxsize=256)
 def _read_rgba(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGBA"))
+    pixels = np.asarray(eight_bit(open_image_bounded(path)).convert("RGBA"))
     pixels.setflags(write=False)  # shared by the cache: nobody may change it
     return pixels
 
@@ -87,14 +85,16 @@ def load_index(root: str | Path) -> DatasetIndex:
     root = Path(root)
     path = root / INDEX_NAME
     try:
-        data = json.loads(path.read_text())
+        data = read_json_bounded(path)
     except FileNotFoundError:
         raise LcError(
             f"no dataset at {root} (no {INDEX_NAME})",
             hint="build one with `lc dataset build SCENES -o DATASET`",
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise LcError(f"{path} is not a readable dataset index ({exc})") from None
+    if not isinstance(data, dict):
+        raise LcError(f"{path} is not a dataset index (a JSON object)")
     if data.get("version") != INDEX_VERSION:
         raise LcError(
             f"{path}: dataset index version {data.get('version')!r}; this lc reads {INDEX_VERSION}"
