@@ -5,6 +5,10 @@ the dataset's resolution; faces are detected; each person gets a mask (the user'
 `<image>.mask.<k>.png`, or person segmentation split between the faces); faces are embedded and
 matched across the scene's images, so a person has one identity in every image. Each scene is
 written on its own (`<scene>/scene.json` last), so a killed build resumes where it stopped.
+
+A video is cut into shots and each shot is a scene of frames sampled across it (`video.py`);
+its frames go through the same detection, masks and identity matching as a folder of photos,
+after near-duplicate frames are dropped, and frames whose faces are too small or blurred too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import LcError
+from ..errors import InputError, LcError
 from ..files import write_json_atomic, write_png_atomic
 from .dataset import (
     INDEX_VERSION,
@@ -30,9 +34,11 @@ from .dataset import (
     split_layers,
     write_index,
 )
+from .video import VideoOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 SCENE_FILE = "scene.json"
+VIDEO_RECORD_SUFFIX = ".video.json"  # DATASET/<video stem>.video.json: the video's shots, done
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class BuildOptions:
     embedder: str = "dlib"
     max_identities: int = 4
     min_face_score: float = 0.5
+    video: VideoOptions = VideoOptions()
 
 
 @dataclass
@@ -100,14 +107,25 @@ def scene_images(folder: Path) -> list[Path]:
     )
 
 
-def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
-    """Turn one scene folder into layers under `out/<scene>/`; return its record."""
-    from ..autolayout.segment import keep_person_of
-    from ..faces.embed import face_distance
+@dataclass
+class SceneImage:
+    """One image of a scene, squared to the dataset's resolution, before faces are found."""
 
-    backends = _get_backends(options)
+    stem: str  # the file name it gets in the dataset: `<scene>/<stem>.png`
+    source: str  # how a drop names it: the photo's path, or `clip.mp4@1.25s`
+    pixels: np.ndarray  # (resolution, resolution, 3) uint8
+    caption: str | None = None
+    mask_source: Path | None = None  # a photo, whose `<stem>.mask.<k>.png` files are looked for
+
+
+# A check of a scene image's faces: why the image is unusable ("face blurred"), or None.
+FaceCheck = Callable[[np.ndarray, list], "str | None"]
+
+
+def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
+    """Turn one scene folder of photos into layers under `out/<scene>/`; return its record."""
     result = SceneResult(folder.name, None)
-    images: list[tuple[str, np.ndarray, list, dict[int, np.ndarray], str | None]] = []
+    images = []
     for path in scene_images(folder):
         try:
             with Image.open(path) as opened:
@@ -115,14 +133,45 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
         except (UnidentifiedImageError, OSError):
             result.drop("unreadable image", str(path))
             continue
+        caption_file = path.with_suffix(".txt")
+        caption = caption_file.read_text().strip() if caption_file.exists() else None
+        images.append(SceneImage(path.stem, str(path), pixels, caption, mask_source=path))
+    return compose_scene(result, str(folder), images, out, options)
+
+
+def compose_scene(
+    result: SceneResult,
+    where: str,
+    images: list[SceneImage],
+    out: Path,
+    options: BuildOptions,
+    face_check: FaceCheck | None = None,
+) -> SceneResult:
+    """Faces, person masks and matched identities for a scene's images, written as layers.
+
+    Photos and video shots both come through here. `where` names the scene in drops;
+    `face_check` (videos) drops an image whose faces are unusable, with its reason.
+    """
+    from ..autolayout.segment import keep_person_of
+    from ..faces.embed import face_distance
+
+    backends = _get_backends(options)
+    name = result.name
+    kept: list[tuple[str, np.ndarray, list, dict[int, np.ndarray], str | None]] = []
+    for image in images:
+        pixels = image.pixels
         faces = [f for f in backends.detector.detect(pixels) if f.score >= options.min_face_score]
         if not faces:
-            result.drop("no face", str(path))
+            result.drop("no face", image.source)
             continue
         if len(faces) > options.max_identities:
-            result.drop(f"more than {options.max_identities} people", str(folder))
+            result.drop(f"more than {options.max_identities} people", where)
             return result
-        masks = _user_masks(path, options.resolution)
+        problem = face_check(pixels, faces) if face_check else None
+        if problem:
+            result.drop(problem, image.source)
+            continue
+        masks = _user_masks(image.mask_source, options.resolution) if image.mask_source else []
         if masks:
             person_masks = _assign_masks_to_faces(masks, faces)
         else:
@@ -131,15 +180,12 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
                 i: keep_person_of(alpha, face, [other for other in faces if other is not face])
                 for i, face in enumerate(faces)
             }
-        caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text().strip() if caption_file.exists() else None
-        images.append((path.stem, pixels, faces, person_masks, caption))
+        kept.append((image.stem, pixels, faces, person_masks, image.caption))
 
     # Match faces across the scene's images: the closest pairs first, under the embedder's
     # same-person distance; a face that matches nobody starts a new identity.
     embeddings = [
-        [backends.embedder.embed(pixels, face) for face in faces]
-        for _, pixels, faces, _, _ in images
+        [backends.embedder.embed(pixels, face) for face in faces] for _, pixels, faces, _, _ in kept
     ]
     identities: list[list[np.ndarray]] = []  # identity -> its embeddings so far
     assigned: list[dict[int, int]] = []
@@ -165,24 +211,22 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
         assigned.append(mapping)
 
     if len(identities) > options.max_identities:
-        result.drop(f"more than {options.max_identities} people", str(folder))
+        result.drop(f"more than {options.max_identities} people", where)
         return result
-    if len(images) < 2:
-        result.drop("fewer than two usable images", str(folder))
+    if len(kept) < 2:
+        result.drop("fewer than two usable images", where)
         return result
 
     records = []
-    for (stem, pixels, faces, person_masks, caption), mapping in zip(images, assigned, strict=True):
-        masks = {f"{folder.name}/p{mapping[i]}": mask for i, mask in person_masks.items()}
-        file = f"{folder.name}/{stem}.png"
+    for (stem, pixels, faces, person_masks, caption), mapping in zip(kept, assigned, strict=True):
+        masks = {f"{name}/p{mapping[i]}": mask for i, mask in person_masks.items()}
+        file = f"{name}/{stem}.png"
         write_png_atomic(out / file, pixels)
         layers = []
         for identity, (rgba, box) in split_layers(pixels, masks).items():
-            layer_file = f"{folder.name}/{stem}.{identity.rsplit('/', 1)[-1]}.png"
+            layer_file = f"{name}/{stem}.{identity.rsplit('/', 1)[-1]}.png"
             write_png_atomic(out / layer_file, rgba)
-            face_index = next(
-                (i for i, k in mapping.items() if f"{folder.name}/p{k}" == identity), None
-            )
+            face_index = next((i for i, k in mapping.items() if f"{name}/p{k}" == identity), None)
             face_box = (
                 tuple(round(v) for v in faces[face_index].box) if face_index is not None else None
             )
@@ -195,9 +239,9 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
                 tuple(layers),
             )
         )
-    result.scene = SceneRecord(folder.name, tuple(records))
+    result.scene = SceneRecord(name, tuple(records))
     write_json_atomic(
-        out / folder.name / SCENE_FILE, {"scene": asdict(result.scene), "dropped": result.dropped}
+        out / name / SCENE_FILE, {"scene": asdict(result.scene), "dropped": result.dropped}
     )
     return result
 
@@ -227,6 +271,128 @@ def _assign_masks_to_faces(masks: list[np.ndarray], faces: list) -> dict[int, np
     return owned
 
 
+def video_record_path(out: Path, video_path: Path) -> Path:
+    """Where a finished video's shots are recorded (written last, so resume can trust it)."""
+    return out / f"{video_path.stem}{VIDEO_RECORD_SUFFIX}"
+
+
+def build_video(path: Path, out: Path, options: BuildOptions) -> list[SceneResult]:
+    """Cut a video into shots and build each shot as a scene; return one result per shot.
+
+    Shot k of `clip.mp4` is the scene `clip-shot00k`; `clip.txt` beside the video, if there,
+    captions all its frames. Every dropped frame is reported as `clip.mp4@<seconds>s`.
+    """
+    from . import video
+
+    settings = options.video
+    info = video.probe_video(path)
+    min_shot_frames = max(1, round(settings.min_shot_seconds * info.fps))
+    shots = video.find_shots(video.cut_distances(info), settings.cut_threshold, min_shot_frames)
+    caption_file = path.with_suffix(".txt")
+    caption = caption_file.read_text().strip() if caption_file.exists() else None
+    number = {shot: k for k, shot in enumerate(shots, 1)}
+    results: list[SceneResult] = []
+    if not shots:
+        results.append(SceneResult(path.stem, None, {"no frames decoded": [str(path)]}))
+
+    def face_check(pixels: np.ndarray, faces: list) -> str | None:
+        return video.face_problem(pixels, faces, settings)
+
+    for shot, frames in video.shot_frames(info, shots, settings.frames_per_shot):
+        result = SceneResult(f"{path.stem}-shot{number[shot]:03d}", None)
+        hashes: list[int] = []
+        images = []
+        for frame in frames:
+            pixels = np.asarray(square(Image.fromarray(frame.pixels), options.resolution))
+            source = video.frame_name(path, frame)
+            frame_hash = video.difference_hash(pixels)
+            if any(
+                video.hash_distance(frame_hash, seen) <= settings.duplicate_bits for seen in hashes
+            ):
+                result.drop("near-duplicate frame", source)
+                continue
+            hashes.append(frame_hash)
+            images.append(SceneImage(f"f{frame.index:06d}", source, pixels, caption))
+        where = f"{path} frames {shot.start}-{shot.end - 1}"
+        results.append(compose_scene(result, where, images, out, options, face_check))
+    write_json_atomic(
+        video_record_path(out, path),
+        {
+            "video": str(path),
+            "shots": [
+                {
+                    "name": r.name,
+                    "scene": asdict(r.scene) if r.scene else None,
+                    "dropped": r.dropped,
+                }
+                for r in results
+            ],
+        },
+    )
+    return results
+
+
+def build_source(source: Path, out: Path, options: BuildOptions) -> list[SceneResult]:
+    """One unit of work: a folder of photos (one scene) or a video (a scene per shot)."""
+    from .video import is_video
+
+    return (
+        build_video(source, out, options)
+        if is_video(source)
+        else [build_scene(source, out, options)]
+    )
+
+
+def finished_results(source: Path, out: Path) -> list[SceneResult] | None:
+    """What a previous run recorded for `source`, or None if it did not finish it."""
+    from .video import is_video
+
+    if is_video(source):
+        record = video_record_path(out, source)
+        if not record.exists():
+            return None
+        saved = json.loads(record.read_text())
+        return [
+            SceneResult(
+                shot["name"],
+                scene_from_dict(shot["scene"]) if shot["scene"] else None,
+                shot["dropped"],
+            )
+            for shot in saved["shots"]
+        ]
+    done = out / source.name / SCENE_FILE
+    if not done.exists():
+        return None
+    saved = json.loads(done.read_text())
+    return [SceneResult(source.name, scene_from_dict(saved["scene"]), saved["dropped"])]
+
+
+def dataset_sources(scenes: Path) -> list[Path]:
+    """The scene folders and videos to build: `scenes` itself if it is a video."""
+    from .video import is_video, probe_video
+
+    hint = "SCENES/<scene>/<image>.jpg (two or more images a scene) and/or SCENES/<video>.mp4"
+    if is_video(scenes):
+        sources = [scenes]
+    elif scenes.is_dir():
+        sources = sorted(p for p in scenes.iterdir() if p.is_dir() or is_video(p))
+        if not sources:
+            raise LcError(f"{scenes} has no scene folders and no videos", hint=hint)
+    else:
+        raise LcError(f"{scenes} is not a folder of scenes or a video file", hint=hint)
+    videos = [p for p in sources if is_video(p)]
+    stems: dict[str, Path] = {}
+    for path in videos:
+        if path.stem in stems:
+            raise InputError(
+                f"{stems[path.stem]} and {path} would both make scenes {path.stem}-shot*",
+                hint="rename one of them",
+            )
+        stems[path.stem] = path
+        probe_video(path)  # refuse an unreadable or oversized video before any work starts
+    return sources
+
+
 def build_dataset(
     scenes_dir: str | Path,
     out_dir: str | Path,
@@ -234,44 +400,47 @@ def build_dataset(
     workers: int = 1,
     resume: bool = False,
     on_scene: Callable[[SceneResult], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> DatasetIndex:
-    """Build (or resume) a layered dataset from a folder of scene folders; return its index."""
+    """Build (or resume) a layered dataset from scene folders and videos; return its index.
+
+    `scenes_dir` is a folder of scene folders and/or video files, or one video file.
+    `on_progress(done, total)` is called as sources (folders, videos) finish.
+    """
     scenes_dir, out = Path(scenes_dir), Path(out_dir)
-    if not scenes_dir.is_dir():
-        raise LcError(
-            f"{scenes_dir} is not a folder of scenes",
-            hint="SCENES/<scene>/<image>.jpg, two or more images a scene",
-        )
-    folders = sorted(p for p in scenes_dir.iterdir() if p.is_dir())
-    if not folders:
-        raise LcError(
-            f"{scenes_dir} has no scene folders",
-            hint="SCENES/<scene>/<image>.jpg, two or more images a scene",
-        )
+    sources = dataset_sources(scenes_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: list[SceneResult] = []
     todo = []
-    for folder in folders:
-        done = out / folder.name / SCENE_FILE
-        if resume and done.exists():
-            saved = json.loads(done.read_text())
-            results.append(
-                SceneResult(folder.name, scene_from_dict(saved["scene"]), saved["dropped"])
-            )
+    for source in sources:
+        finished = finished_results(source, out) if resume else None
+        if finished is None:
+            todo.append(source)
         else:
-            todo.append(folder)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(build_scene, todo, [out] * len(todo), [options] * len(todo)):
-                results.append(result)
-                if on_scene:
-                    on_scene(result)
-    else:
-        for folder in todo:
-            result = build_scene(folder, out, options)
-            results.append(result)
+            results.extend(finished)
+    done, total = len(sources) - len(todo), len(sources)
+    if on_progress:
+        on_progress(done, total)
+
+    def finish(source_results: list[SceneResult]) -> None:
+        nonlocal done
+        results.extend(source_results)
+        done += 1
+        for result in source_results:
             if on_scene:
                 on_scene(result)
+        if on_progress:
+            on_progress(done, total)
+
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for source_results in pool.map(
+                build_source, todo, [out] * len(todo), [options] * len(todo)
+            ):
+                finish(source_results)
+    else:
+        for source in todo:
+            finish(build_source(source, out, options))
 
     dropped: dict[str, list[str]] = {}
     for result in results:
@@ -283,4 +452,11 @@ def build_dataset(
     return index
 
 
-__all__ = ["INDEX_VERSION", "BuildOptions", "SceneResult", "build_dataset", "build_scene"]
+__all__ = [
+    "INDEX_VERSION",
+    "BuildOptions",
+    "SceneResult",
+    "build_dataset",
+    "build_scene",
+    "build_video",
+]

@@ -1,0 +1,324 @@
+"""`lc dataset build` on videos: shots, sampled frames, filters, bounded decoding, training on it.
+
+The test video is written here with PyAV from the two real photographs (the cut-outs of
+Eileen Collins and Grace Hopper): two shots with a hard cut, people walking and growing, and a
+still end to the second shot (near-duplicate frames).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from train_data import REPO, cutout
+from typer.testing import CliRunner
+
+from layercomposer import limits
+from layercomposer.cli.main import app
+from layercomposer.faces.types import Face
+from layercomposer.train import video
+from layercomposer.train.dataset import BACKGROUND, load_index
+from layercomposer.train.video import Shot, VideoOptions
+
+av = pytest.importorskip("av")
+runner = CliRunner()
+WIDTH, HEIGHT, FPS, SHOT_FRAMES = 320, 256, 8, 16  # 4 s; the build centre-crops to 256x256
+SIZE = 256
+
+
+# --- the test video -------------------------------------------------------------------------------
+
+
+def paste(canvas: np.ndarray, person: np.ndarray, x: int) -> None:
+    h, w = person.shape[:2]
+    x, y = min(max(x, 0), WIDTH - w), HEIGHT - h
+    alpha = person[..., 3:].astype(np.float32) / 255
+    region = canvas[y : y + h, x : x + w]
+    region[:] = person[..., :3] * alpha + region * (1 - alpha)
+
+
+def frame(colour, layout) -> np.ndarray:
+    """A frame: (person, height, x) cut-outs on a coloured background with a gentle gradient."""
+    canvas = np.empty((HEIGHT, WIDTH, 3), np.float32)
+    canvas[:] = colour
+    canvas += np.linspace(-20, 20, WIDTH)[None, :, None]
+    for name, height, x in layout:
+        paste(canvas, cutout(name, height), x)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def clip_frames(still: int = 6) -> list[np.ndarray]:
+    """Shot 1: Collins walks right and grows, Hopper walks left. Hard cut. Shot 2: the other
+    way round on another background, the last `still` frames not moving."""
+    frames = []
+    for i in range(SHOT_FRAMES):
+        t = i / (SHOT_FRAMES - 1)
+        frames.append(frame((80, 120, 200), [("collins", int(120 + 30 * t), int(30 + 30 * t)), ("hopper", int(140 - 20 * t), int(180 - 25 * t))]))  # fmt: skip
+    for i in range(SHOT_FRAMES):
+        t = min(i, SHOT_FRAMES - still) / (SHOT_FRAMES - 1)
+        frames.append(frame((200, 150, 90), [("hopper", int(125 + 25 * t), int(40 + 20 * t)), ("collins", int(150 - 20 * t), int(170 - 20 * t))]))  # fmt: skip
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264") -> Path:
+    with av.open(str(path), "w") as container:
+        options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=FPS, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"  # fmt: skip
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("clip") / "walk.mp4", clip_frames())
+
+
+# --- pure functions -------------------------------------------------------------------------------
+
+
+def test_shots_split_at_cuts_but_not_at_flashes():
+    distances = np.full(40, 0.02)
+    distances[[10, 12, 30]] = 0.8  # a cut at 10, a flash back at 12 (too soon), a cut at 30
+    assert video.find_shots(distances, 0.35, min_shot_frames=4) == [
+        Shot(0, 10),
+        Shot(10, 30),
+        Shot(30, 40),
+    ]
+    assert video.find_shots(distances, 0.9, 4) == [Shot(0, 40)]
+    assert video.find_shots(np.zeros(0), 0.35, 4) == []
+
+
+def test_samples_spread_across_the_shot():
+    assert video.sample_indices(Shot(16, 32), 4) == [18, 22, 26, 30]
+    assert video.sample_indices(Shot(5, 7), 8) == [5, 6]  # a short shot gives what it has
+    picks = video.sample_indices(Shot(0, 1000), 8)
+    assert len(picks) == 8 and np.all(np.diff(picks) == 125)
+
+
+def test_histogram_distance_separates_scenes_not_motion():
+    frames = clip_frames()
+    within = video.histogram_distance(
+        video.colour_histogram(frames[0]), video.colour_histogram(frames[15])
+    )
+    across = video.histogram_distance(
+        video.colour_histogram(frames[15]), video.colour_histogram(frames[16])
+    )
+    assert within < 0.2 < 0.5 < across <= 1.0
+    assert video.histogram_distance(video.colour_histogram(frames[3]), video.colour_histogram(frames[3])) == 0  # fmt: skip
+
+
+def test_difference_hash_finds_still_frames_only():
+    frames = clip_frames()
+    hashes = [video.difference_hash(f) for f in frames]
+    limit = VideoOptions().duplicate_bits
+    assert video.hash_distance(hashes[28], hashes[31]) <= limit  # the still end of shot 2
+    brighter = np.clip(frames[28].astype(int) + 12, 0, 255).astype(np.uint8)
+    assert video.hash_distance(hashes[28], video.difference_hash(brighter)) <= limit
+    for a, b in [(2, 6), (6, 10), (18, 22), (15, 16)]:  # half a second of walking, or the cut
+        assert video.hash_distance(hashes[a], hashes[b]) > limit, (a, b)
+
+
+@pytest.fixture(scope="module")
+def astronaut_face():
+    pytest.importorskip("dlib")
+    skimage_data = pytest.importorskip("skimage.data")
+    from layercomposer.faces import open_detector
+
+    photo = skimage_data.astronaut()
+    (face,) = open_detector("dlib").detect(photo)
+    return photo, face
+
+
+def test_blurred_and_small_faces_are_named(astronaut_face):
+    photo, face = astronaut_face
+    options = VideoOptions()
+    assert video.face_problem(photo, [face], options) is None
+    for radius in (2, 3):
+        blurred = np.asarray(Image.fromarray(photo).filter(ImageFilter.GaussianBlur(radius)))
+        assert video.face_problem(blurred, [face], options) == "face blurred"
+    # the same photo with the face at 70% of its share of the image: under a raised minimum
+    small = Face(tuple(v * 0.7 for v in face.box), face.score)
+    shrunk = np.asarray(Image.fromarray(photo).resize((358, 358)))
+    strict = VideoOptions(min_face_fraction=face.width / 512 * 0.9)
+    assert video.face_problem(photo, [face], strict) is None
+    assert video.face_problem(shrunk, [small], strict) is None  # same share of the image
+    assert video.face_problem(photo, [small], strict) == "face too small"
+
+
+def test_portrait_phone_video_is_turned_upright(tmp_path):
+    """A phone's display matrix (-90 degrees) is applied as players apply it."""
+    bar = np.zeros((32, 64, 3), np.uint8)
+    bar[:, :8] = 255  # a white bar on the left of the stored frame
+    path = write_video(tmp_path / "phone.mp4", [bar] * 3)
+    data = bytearray(path.read_bytes())
+    tkhd = data.index(b"tkhd")
+    assert data[tkhd + 4] == 0  # version 0: 32-bit times, so the matrix sits 40 bytes on
+    matrix = tkhd + 4 + 40
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    info = video.probe_video(path)
+    (_, _, pixels), *_ = video.decode_frames(info, keep={0})
+    assert pixels.shape == (64, 32, 3)  # portrait
+    assert pixels[:8].mean() > 200 and pixels[16:].mean() < 30  # the bar is at the top
+
+
+# --- bounded reading ------------------------------------------------------------------------------
+
+
+def build(scenes: Path, out: Path, *extra: str):
+    command = ["dataset", "build", str(scenes), "-o", str(out), "--resolution", str(SIZE)]
+    return runner.invoke(app, [*command, "--detector", "dlib", *extra])
+
+
+@pytest.mark.parametrize(
+    ("cap", "value", "message"),
+    [
+        ("MAX_VIDEO_PIXELS", 320 * 255, "frames are 320x256 pixels, over lc's limit"),
+        ("MAX_VIDEO_FRAMES", 31, "the video has 32 frames, over lc's limit of 31"),
+        ("MAX_VIDEO_SECONDS", 3, "the video lasts 4 s, over lc's limit of 3 s"),
+        ("MAX_VIDEO_BYTES", 1000, "video is"),
+    ],
+)
+def test_a_video_over_a_cap_is_refused_before_decoding(
+    clip, tmp_path, monkeypatch, cap, value, message
+):
+    monkeypatch.setattr(limits, cap, value)
+    monkeypatch.setattr(video, "decode_frames", lambda *a, **k: pytest.fail("decoded"))
+    result = build(clip, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_decoding_stops_at_the_frame_budget_whatever_the_header_says(tmp_path, monkeypatch):
+    # Matroska stores no frame count: only the decoding budget can stop a long stream.
+    path = write_video(tmp_path / "long.mkv", clip_frames())
+    info = video.probe_video(path)
+    assert info.frames is None
+    monkeypatch.setattr(limits, "MAX_VIDEO_FRAMES", 10)
+    decoded = 0
+    with pytest.raises(limits.TooLargeError, match="more than 10 frames"):
+        for _ in video.decode_frames(info, thumbnail=16):
+            decoded += 1
+    assert decoded == 10
+
+
+@pytest.mark.parametrize("damage", ["noise", "truncated", "empty"])
+def test_a_corrupt_video_is_refused_cleanly(clip, tmp_path, damage):
+    data = clip.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    if damage == "noise":
+        broken.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif damage == "truncated":
+        broken.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: lost
+    else:
+        broken.write_bytes(b"")
+    result = build(broken, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert str(broken) in result.output and "Traceback" not in result.output
+
+
+# --- the whole build, and training on it ----------------------------------------------------------
+
+
+def reference_embeddings():
+    """Each person's identity vector from their own cut-out (the independent reference)."""
+    from layercomposer.faces import open_detector, open_embedder
+
+    detector, embedder = open_detector("dlib"), open_embedder("dlib")
+    references = {}
+    for name in ("collins", "hopper"):
+        rgba = cutout(name, 300)
+        canvas = np.full((320, 320, 3), 128, np.uint8)
+        alpha = rgba[..., 3:] / 255
+        h, w = rgba.shape[:2]
+        canvas[:h, :w] = rgba[..., :3] * alpha + canvas[:h, :w] * (1 - alpha)
+        (face,) = detector.detect(canvas)
+        references[name] = embedder.embed(canvas, face)
+    return embedder, references
+
+
+@pytest.fixture(scope="module")
+def built(clip, tmp_path_factory):
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("dlib")
+    scenes = tmp_path_factory.mktemp("sources")
+    shutil.copy(clip, scenes / clip.name)  # videos beside a folder of photos
+    photos = scenes / "photos"
+    photos.mkdir()
+    for i in (0, 5):
+        Image.fromarray(clip_frames()[i]).save(photos / f"still{i}.png")
+    out = tmp_path_factory.mktemp("dataset")
+    result = build(scenes, out, "--frames-per-shot", "4", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    return scenes, out, result.output
+
+
+def test_a_video_with_a_cut_gives_two_scenes_with_the_right_people(built):
+    scenes, out, _ = built
+    index = load_index(out)
+    assert [s.name for s in index.scenes] == ["photos", "walk-shot001", "walk-shot002"]
+    embedder, references = reference_embeddings()
+    for scene in index.scenes[1:]:
+        assert len(scene.images) >= 2
+        who: dict[str, set[str]] = {}  # identity -> the people its faces are closest to
+        for image in scene.images:
+            pixels = index.rgba(image.file)[..., :3]
+            people = [layer for layer in image.layers if layer.identity != BACKGROUND]
+            assert len(people) == 2
+            for layer in people:
+                vector = embedder.embed(np.ascontiguousarray(pixels), Face(layer.face, 1.0))
+                distances = {n: float(np.linalg.norm(vector - r)) for n, r in references.items()}
+                nearest = min(distances, key=distances.get)
+                assert distances[nearest] < embedder.same_person_distance
+                who.setdefault(layer.identity, set()).add(nearest)
+        # two identities, each one person in every frame, and not the same person
+        assert sorted(who) == [f"{scene.name}/p0", f"{scene.name}/p1"]
+        assert all(len(people) == 1 for people in who.values())
+        assert who[f"{scene.name}/p0"] != who[f"{scene.name}/p1"]
+
+
+def test_dropped_frames_are_reported_with_their_time(built):
+    scenes, out, output = built
+    index = load_index(out)
+    video_path = scenes / "walk.mp4"
+    # shot 2 is sampled at 2.25, 2.75, 3.25 and 3.75 s; it stands still from 3.25 s
+    assert f"{video_path}@3.75s" in index.dropped["near-duplicate frame"]
+    assert "dropped: near-duplicate frame" in output
+    kept = {image.file for scene in index.scenes for image in scene.images}
+    assert "walk-shot002/f000030.png" not in kept and "walk-shot002/f000026.png" in kept
+
+
+def test_resume_keeps_finished_videos(built, monkeypatch):
+    scenes, out, _ = built
+    record = out / "walk.video.json"
+    before = record.stat().st_mtime_ns
+    monkeypatch.setattr(video, "cut_distances", lambda *a: pytest.fail("decoded again"))
+    result = build(scenes, out, "--frames-per-shot", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    assert record.stat().st_mtime_ns == before
+    assert len(load_index(out).scenes) == 3
+    assert "near-duplicate frame" in load_index(out).dropped
+
+
+def test_lc_train_trains_on_the_video_dataset(built, tmp_path):
+    _, out, _ = built
+    run = tmp_path / "run"
+    sets = [f"data.path={out}", f"output_dir={run}", "validation_canvases=[]", "train.steps=2",
+            "train.batch_size=1", "checkpoint_every=2", "sample_every=100"]  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["train", str(REPO / "configs" / "tiny.yaml"), *(a for s in sets for a in ("--set", s))],
+    )
+    assert result.exit_code == 0, result.output
+    assert (run / "pytorch_lora_weights.safetensors").exists()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header and two steps
