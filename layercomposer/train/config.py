@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import CanvasError
 from ..yamlfile import read_yaml_file
@@ -45,6 +45,11 @@ class LoraConfigSpec(_Strict):
 
 
 class OptimConfig(_Strict):
+    name: Literal["adamw", "adamw8bit"] = Field(
+        "adamw",
+        description="`adamw`: torch's AdamW, fp32 moments (8 bytes per LoRA parameter); "
+        "`adamw8bit`: torchao's AdamW8bit, block-quantized 8-bit moments (~2 bytes).",
+    )
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -75,6 +80,11 @@ class TrainConfig(_Strict):
         "black-forest-labs/FLUX.1-Kontext-dev", description="Base model, as for `lc render`."
     )
     revision: str | None = None
+    model_quantization: Literal["none", "int8", "fp8"] = Field(
+        "none",
+        description="The frozen transformer's linear weights, quantized as by `lc render "
+        "--quantize` (torchao): `int8` halves bf16's memory, on any device. The LoRA stays fp32.",
+    )
     device: str = "auto"
     seed: int = Field(0, ge=0)
     output_dir: str = Field(
@@ -92,6 +102,18 @@ class TrainConfig(_Strict):
         default_factory=list, description="Canvas files rendered at each sample step."
     )
     tensorboard: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("model_quantization")
+    @classmethod
+    def _trainable_quantization(cls, value: str) -> str:
+        if value == "fp8":
+            # Float8DynamicActivationFloat8WeightConfig multiplies with torch._scaled_mm, which has
+            # no derivative: the loss could not reach the LoRA of any block before the last.
+            raise ValueError(
+                "fp8 cannot train: its fp8 matmuls (torch._scaled_mm) have no backward pass; "
+                "use int8 (the same memory for the frozen weights)"
+            )
+        return value
 
 
 def load_train_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:

@@ -11,6 +11,7 @@ import csv
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from ..limits import read_json_bounded
 from ..tokens import noisy_position_ids
 from .config import TrainConfig
 from .dataset import load_index
+from .optim import make_optimizer
 from .sampler import SamplingConfig, TrainingSample, sample_example
 
 ADAPTER = "layercomposer"
@@ -85,6 +87,7 @@ class Trainer:
 
         from ..latents import LatentCache
         from ..models import load_pipeline
+        from ..speed import SpeedOptions
 
         dtype = "bfloat16" if self.accelerator.device.type == "cuda" else "float32"
         self.pipe, self.model_info = load_pipeline(
@@ -92,6 +95,9 @@ class Trainer:
             self.config.revision,
             dtype=dtype,
             device=str(self.accelerator.device),
+            # Quantized before the LoRA is added: peft then wraps the int8 linears
+            # (TorchaoLoraLinear), and the LoRA itself stays a plain fp32 layer.
+            speed=SpeedOptions(quantize=self.config.model_quantization),
         )
         self.pipe.latent_cache = LatentCache(
             max_entries=4096 if self.config.train.cache_latents else 0
@@ -105,6 +111,8 @@ class Trainer:
             module.requires_grad_(False)
         lora = self.config.lora
         torch.manual_seed(self.config.seed)  # the LoRA's random init: the same run, the same start
+        # peft warns that a LoRA over torchao weights cannot be merged into them; lc never merges.
+        warnings.filterwarnings("ignore", "TorchaoLoraLinear was instantiated", UserWarning)
         self.pipe.transformer.add_adapter(
             LoraConfig(
                 r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
@@ -121,10 +129,7 @@ class Trainer:
             parameter.data = parameter.data.float()
         if self.config.train.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
-        optim = self.config.optim
-        optimizer = torch.optim.AdamW(
-            trainable, lr=optim.learning_rate, betas=optim.betas, weight_decay=optim.weight_decay
-        )
+        optimizer = make_optimizer(trainable, self.config.optim, self.accelerator.device)
         self.transformer, self.optimizer = self.accelerator.prepare(
             self.pipe.transformer, optimizer
         )
