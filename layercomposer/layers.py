@@ -12,12 +12,13 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .canvas import BackgroundSpec, Canvas, LayerSpec
 from .errors import CanvasError, Problem
 from .files import sha256_file
 from .geometry import Box, Extent, anchored_origin
+from .limits import TooLargeError, UnreadableImageError, open_image_bounded
 from .tokens import TOKEN_PX, valid_token_mask
 
 BACKGROUND_NAME = "background"
@@ -229,21 +230,10 @@ def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> Can
 
 def _open_image(canvas: Canvas, relative: str, loc: tuple) -> Image.Image:
     path = canvas.resolve(relative, loc)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        message = f"image not found: {path}"
-    except IsADirectoryError:
-        message = f"{path} is a folder, not an image"
-    except UnidentifiedImageError:
-        message = f"{path} is not an image Pillow can read"
-    except Image.DecompressionBombError:
-        message = f"{path} is too large to open safely"
-    except OSError as exc:  # truncated or corrupt data
-        message = f"{path} cannot be read ({exc})"
-    raise CanvasError([canvas.problem(loc, message)])
+    try:  # checked for size before decoding; 16-bit and float images come back as 8-bit
+        return open_image_bounded(path, upright=True)
+    except (TooLargeError, UnreadableImageError) as exc:
+        raise CanvasError([canvas.problem(loc, exc.message)]) from None
 
 
 def _has_alpha(image: Image.Image) -> bool:

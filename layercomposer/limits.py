@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -54,7 +54,12 @@ class TooLargeError(InputError):
 
 
 class UnreadableImageError(InputError):
-    """An image file cannot be decoded: not an image, an unsupported format, truncated."""
+    """An image file cannot be decoded; `kind` says why, for callers that phrase it themselves:
+    'missing', 'folder', 'empty', 'format' (not one lc reads), 'corrupt' (truncated, damaged)."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def size_text(count: int) -> str:
@@ -133,13 +138,14 @@ def check_image_size(
     height: int,
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_side: int = MAX_IMAGE_SIDE,
+    name: str = "the image",
 ) -> None:
     """TooLargeError if an image of this size is over the bounds; called before decoding."""
     if width <= 0 or height <= 0:
-        raise UnreadableImageError(f"the image claims a size of {width}x{height} pixels")
+        raise UnreadableImageError(f"{name} claims a size of {width}x{height} pixels")
     if max(width, height) > max_side or width * height > max_pixels:
         raise TooLargeError(
-            f"the image is {width}x{height} pixels, over lc's limit of {max_side} pixels a side "
+            f"{name} is {width}x{height} pixels, over lc's limit of {max_side:,} pixels a side "
             f"and {max_pixels / 1e6:g} MP"
         )
 
@@ -149,55 +155,55 @@ def open_image_bounded(
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_side: int = MAX_IMAGE_SIDE,
     max_bytes: int = MAX_IMAGE_BYTES,
+    upright: bool = False,
 ) -> Image.Image:
-    """An image decoded into memory (first frame), its size checked from the header first.
+    """An image decoded into memory (first frame, in an 8-bit mode), its size checked first.
 
-    Raises TooLargeError (over a bound) or UnreadableImageError (not an image lc reads, empty,
-    truncated, corrupt), both with a message naming the file; never a Pillow exception.
+    The width and height come from the header and are checked before any pixel is decoded.
+    With `upright`, the EXIF orientation is applied. Raises TooLargeError (over a bound) or
+    UnreadableImageError (missing, empty, not a format lc reads, truncated, corrupt), each with
+    a message naming the file; never a Pillow exception.
     """
     name = "the image" if isinstance(source, bytes) else str(source)
     try:
         if isinstance(source, bytes):
             if len(source) > max_bytes:
-                raise TooLargeError(
-                    f"image is {size_text(len(source))}, over {size_text(max_bytes)}"
-                )
+                size = size_text(len(source))
+                raise TooLargeError(f"{name} is {size}, over lc's limit of {size_text(max_bytes)}")
             handle: Any = io.BytesIO(source)
         else:
             check_file_size(source, max_bytes, "image")
             handle = open(source, "rb")  # noqa: SIM115 - closed below, after decoding
         with handle:
             if not handle.read(1):
-                raise UnreadableImageError(f"{name} is empty (0 bytes)")
+                raise UnreadableImageError(f"{name} is empty (0 bytes)", "empty")
             handle.seek(0)
             with Image.open(handle, formats=IMAGE_FORMATS) as image:
-                check_image_size(image.width, image.height, max_pixels, max_side)
-                _load_checked(image, max_pixels, max_side)
-                return image
-    except (TooLargeError, UnreadableImageError) as exc:
-        if isinstance(source, bytes) or str(source) in exc.message:
-            raise
-        raise type(exc)(f"{source}: {exc.message}") from None
+                check_image_size(image.width, image.height, max_pixels, max_side, name)
+                image.load()
+                # A format whose size can change while loading (a JPEG draft, say): again.
+                check_image_size(image.width, image.height, max_pixels, max_side, name)
+                loaded = ImageOps.exif_transpose(image) if upright else image
+                return eight_bit(loaded)
+    except (TooLargeError, UnreadableImageError):
+        raise
     except FileNotFoundError:
-        raise UnreadableImageError(f"image not found: {source}") from None
+        raise UnreadableImageError(f"image not found: {source}", "missing") from None
     except IsADirectoryError:
-        raise UnreadableImageError(f"{source} is a folder, not an image") from None
-    except Image.DecompressionBombError:
-        raise TooLargeError(f"{name} is too large to decode safely") from None
+        raise UnreadableImageError(f"{source} is a folder, not an image", "folder") from None
+    except Image.DecompressionBombError as exc:
+        raise TooLargeError(f"{name} is too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
         formats = ", ".join(IMAGE_FORMATS)
-        raise UnreadableImageError(f"{name} is not an image lc reads ({formats})") from None
+        raise UnreadableImageError(
+            f"{name} is not an image format lc can read ({formats})", "format"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:
         # Pillow reports truncated or corrupt data with any of these, depending on the format.
+        reason = str(exc) or type(exc).__name__
         raise UnreadableImageError(
-            f"{name} cannot be decoded ({exc or type(exc).__name__})"
+            f"{name} cannot be read: truncated or corrupt ({reason})"
         ) from None
-
-
-def _load_checked(image: Image.Image, max_pixels: int, max_side: int) -> None:
-    """Decode the pixels; a format whose size can change while loading is checked again."""
-    image.load()
-    check_image_size(image.width, image.height, max_pixels, max_side)
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -209,11 +215,20 @@ def eight_bit(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float64)
         peak = 255.0 if image.mode == "I" and values.max(initial=0) <= 255 else 65535.0
-        return Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).round().astype(np.uint8))
+        return _with_info(
+            Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).round().astype(np.uint8)),
+            image,
+        )
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
         if values.size and values.max() <= 1.0:
             values = values * 255.0
-        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+        return _with_info(Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8)), image)
     return image
+
+
+def _with_info(converted: Image.Image, original: Image.Image) -> Image.Image:
+    """`converted` with the original's metadata (EXIF); its transparency value was 16-bit."""
+    converted.info.update({k: v for k, v in original.info.items() if k != "transparency"})
+    return converted

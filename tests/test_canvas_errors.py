@@ -98,7 +98,7 @@ def test_missing_image(make_canvas):
 
 def test_unreadable_and_truncated_images(make_canvas, tmp_path):
     (tmp_path / "a.png").write_bytes(b"this is not a png")
-    assert_invalid(lc("validate", make_canvas(spec())), "not an image Pillow can read")
+    assert_invalid(lc("validate", make_canvas(spec())), "not an image format lc can read")
     path = make_canvas(spec(), DISC)
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "a.png").write_bytes(data[: len(data) // 2])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..errors import InputError
 from ..files import sha256_file
+from ..limits import TooLargeError, UnreadableImageError, open_image_bounded
 
 EXIF_ORIENTATION = 0x0112
 
@@ -32,25 +34,26 @@ class InputImage:
 def read_image(path: str | Path, what: str) -> InputImage:
     """Return the image at `path` upright (EXIF applied), or an `InputError` naming the file."""
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
-            upright = ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise InputError(f"{what} {path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} {path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        formats = "PNG, JPEG, WebP, TIFF, BMP, GIF"
-        raise InputError(
-            f"{what} {path}: not an image format lc can read",
-            hint=f"convert it to one of {formats} (HEIC/RAW need converting first)",
-        ) from None
-    except Image.DecompressionBombError:
-        raise InputError(f"{what} {path}: too large to open safely") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise InputError(f"{what} {path}: corrupt or truncated image ({exc})") from None
+    try:  # its size is checked before decoding; 16-bit and float images come back as 8-bit
+        image = open_image_bounded(path)
+        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        upright = ImageOps.exif_transpose(image)
+    except TooLargeError as exc:
+        raise InputError(f"{what} {exc.message}") from None
+    except UnreadableImageError as exc:
+        if exc.kind == "missing":
+            raise InputError(f"{what} {path}: no such file") from None
+        if exc.kind == "folder":
+            raise InputError(f"{what} {path}: is a folder, not an image") from None
+        if exc.kind == "format":
+            formats = "PNG, JPEG, WebP, TIFF, BMP, GIF"
+            raise InputError(
+                f"{what} {path}: not an image format lc can read",
+                hint=f"convert it to one of {formats} (HEIC/RAW need converting first)",
+            ) from None
+        raise InputError(f"{what} {path}: corrupt or truncated image ({exc.message})") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:  # a damaged EXIF block
+        raise InputError(f"{what} {path}: corrupt image metadata ({exc})") from None
 
     alpha = None
     if upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in upright.info:

@@ -13,6 +13,7 @@ from PIL import Image
 from ..errors import LcError, ModelError
 from ..files import write_bytes_atomic
 from ..layers import build_layers, flatten
+from ..limits import open_image_bounded
 from .metrics import Evaluation
 from .report import ARCFACE_PACKS, IDENTITY_HEADERS, MethodSummary, Published
 
@@ -116,8 +117,8 @@ def sample_grid(evaluations: list[Evaluation], path: Path, max_rows: int = 8) ->
             evaluation = by_method.get(method)
             image = None
             if evaluation is not None and evaluation.output.image_path.is_file():
-                with Image.open(evaluation.output.image_path) as opened:
-                    image = _thumbnail(np.asarray(opened.convert("RGB")))
+                opened = open_image_bounded(evaluation.output.image_path)
+                image = _thumbnail(np.asarray(opened.convert("RGB")))
             _show(axes[r][c], image, method + ("\n" + _scores(evaluation) if evaluation else ""))
     figure.tight_layout()
     return _save(figure, path)

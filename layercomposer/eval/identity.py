@@ -30,6 +30,7 @@ from ..faces.detect import FaceDetector, open_detector
 from ..faces.embed import FaceEmbedder, face_distance, open_embedder
 from ..faces.registry import resolve_model_file
 from ..faces.types import Face
+from ..limits import open_image_bounded
 from . import antelopev2
 from .matching import best_matching
 
@@ -223,12 +224,10 @@ def reference_image(canvas: Canvas, spec: LayerSpec) -> np.ndarray:
     Its crop and flip apply (they choose the person), its scale and rotation don't (a face
     shrunk to fit the canvas would be harder to detect). Transparent parts show a neutral grey.
     """
-    with Image.open(canvas.resolve(spec.image, ())) as opened:
-        opened.load()
-        image = ImageOps.exif_transpose(opened).convert("RGBA")
+    image = open_image_bounded(canvas.resolve(spec.image, ()), upright=True).convert("RGBA")
     if spec.mask is not None:
-        with Image.open(canvas.resolve(spec.mask, ())) as mask:
-            image.putalpha(ImageOps.exif_transpose(mask).convert("L"))
+        mask = open_image_bounded(canvas.resolve(spec.mask, ()), upright=True)
+        image.putalpha(mask.convert("L"))
     if spec.crop is not None:
         image = image.crop(spec.crop)
     if spec.flip in ("horizontal", "both"):

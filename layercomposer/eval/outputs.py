@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..canvas import Canvas, CanvasSpec
 from ..errors import LcError, UsageError
 from ..files import sha256_file
 from ..layers import image_file_hashes
+from ..limits import open_image_bounded
 from ..manifest import read_manifest
 
 
@@ -91,8 +91,7 @@ class RunOutput:
             raise LcError(f"{self.manifest_path}: its image {path} is missing")
         if sha256_file(path) != self.image_sha256:
             raise LcError(f"{path} is not the image its manifest describes (SHA-256 differs)")
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        return np.asarray(open_image_bounded(path).convert("RGB"))
 
 
 def is_run_manifest(data: Any) -> bool:
