@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..errors import InputError, LcError
 from ..files import write_json_atomic, write_png_atomic
+from ..limits import TooLargeError, UnreadableImageError, open_image_bounded
 from .dataset import (
     INDEX_VERSION,
     DatasetIndex,
@@ -128,9 +129,11 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
     images = []
     for path in scene_images(folder):
         try:
-            with Image.open(path) as opened:
-                pixels = np.asarray(square(opened, options.resolution))
-        except (UnidentifiedImageError, OSError):
+            pixels = np.asarray(square(open_image_bounded(path), options.resolution))
+        except TooLargeError:  # over lc's pixel bound: refused before decoding
+            result.drop("image too large", str(path))
+            continue
+        except (UnreadableImageError, OSError, ValueError, SyntaxError):  # or a damaged EXIF
             result.drop("unreadable image", str(path))
             continue
         caption_file = path.with_suffix(".txt")
@@ -249,8 +252,7 @@ def compose_scene(
 def _user_masks(path: Path, resolution: int) -> list[np.ndarray]:
     masks = []
     for mask_path in sorted(path.parent.glob(f"{path.stem}.mask.*.png")):
-        with Image.open(mask_path) as opened:
-            masks.append(np.asarray(square(opened, resolution).convert("L")))
+        masks.append(np.asarray(square(open_image_bounded(mask_path), resolution).convert("L")))
     return masks
 
 
