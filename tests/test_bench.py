@@ -5,6 +5,7 @@ noise, so the test checks files, columns, rows and resuming, not scores."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -16,8 +17,9 @@ from typer.testing import CliRunner
 from conftest import REPO
 from layercomposer.cli.main import app
 from layercomposer.eval import bench as bench_module
-from layercomposer.eval.bench import PUBLISHED, BenchRequest, plan_cases, read_prompts
+from layercomposer.eval.bench import BenchRequest, plan_cases, read_prompts
 from layercomposer.eval.report import RESULT_COLUMNS
+from layercomposer.faces.types import Face
 
 runner = CliRunner()
 
@@ -41,12 +43,6 @@ def test_cases_rotate_through_the_identities_without_repeats(tmp_path):
         list("abcd"), list("eabc"), list("deab"),
     ]  # fmt: skip
     assert all(len(set(c.subjects)) == 4 for c in cases)
-
-
-def test_published_figures_are_the_papers():
-    assert [(p.arcface, p.vqascore, p.hpsv3) for p in PUBLISHED.values()] == [
-        (0.487, 0.893, 12.5), (0.547, 0.796, 11.6), (0.533, 0.840, 12.5),
-    ]  # fmt: skip
 
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in lc's [dev] extra")
@@ -79,20 +75,29 @@ def suite(tmp_path):
     return tmp_path
 
 
-def bench(suite, *extra):
+def bench(suite, *extra, priors="priors"):
     return lc(
         "bench", "--suite", "2p", "--identities", suite / "identities", "--prompts",
-        suite / "prompts.txt", "--priors", suite / "priors", "--model", "builtin:tiny",
-        "--steps", "1", "--identity-backend", "dlib", "--metrics", "identity,fidelity",
-        "-o", suite / "bench", *extra,
+        suite / "prompts.txt", "--priors", suite / priors, "--model", "builtin:tiny",
+        "--steps", "1", "--identity-backend", "dlib", "-o", suite / "bench", *extra,
     )  # fmt: skip
 
 
 def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite):
+    # No --metrics: every metric that can run here runs; one line names the others.
+    assert importlib.util.find_spec("t2v_metrics") is None
+    assert importlib.util.find_spec("hpsv3") is None
     result = bench(suite)
     assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if "skipped metrics:" in x]
+    assert "vqascore (t2v_metrics is not installed; to enable: --vqascore-python PATH" in line
+    assert "hpsv3 (hpsv3 is not installed; to enable: --hpsv3-python PATH" in line
+    assert "identity" not in line.split("skipped metrics:")[1].split("(")[0]
     out = suite / "bench"
-    cases = json.loads((out / "suite.json").read_text())["cases"]
+    suite_record = json.loads((out / "suite.json").read_text())
+    assert suite_record["protocol"]["priors"] == "given"
+    assert suite_record["protocol"]["fallback"] == "error"
+    cases = suite_record["cases"]
     assert [c["prompt"] for c in cases] == [
         "two pioneers at a launch pad",
         "two friends in a library",
@@ -111,9 +116,13 @@ def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite)
     ]  # fmt: skip
     assert {r["mode_used"] for r in rows if r["method"] == "layered"} == {"layered"}
     assert all(r["identity"] != "" and r["subjects"] == "2" for r in rows)  # ~0 on noise
+    assert all(r["vqascore"] == "" and r["hpsv3"] == "" and r["locked_layers"] for r in rows)
     table = (out / "results.md").read_text()
     assert table.startswith("# lc bench 2p: 2 prompts, methods layered, collage")
-    assert "| LayerComposer (paper, Table 1) |  | (ArcFace 0.547) | 0.796 | 11.6 |" in table
+    assert "| LayerComposer | paper, copied |  |  | (ArcFace 0.547) | 0.796 | 11.6 |  |" in table
+    assert "| LayerComposer | reproduced here: `layered` | 2 | 0 |" in table
+    assert table.count("paper, copied (outside diffusers") == 4  # UniPortrait ... OmniGen2
+    assert "- Not measured: vqascore (t2v_metrics is not installed" in table
     assert (out / "figure_metrics.png").is_file() and (out / "figure_samples.png").is_file()
 
     images = sorted((out / "renders").rglob("*.png"))
@@ -127,43 +136,99 @@ def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite)
 
 
 class FakeFlux:
-    """Stands in for FluxPipeline: records each call, returns a flat image of the asked size."""
+    """Stands in for FluxPipeline: records each call; its image says which prompt and seed
+    made it (red = seed, green = the prompt's number), so FakeDetector can answer per prior."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, prompts):
+        self.prompts, self.calls = prompts, []
 
     def __call__(self, **kwargs):
         self.calls.append(kwargs)
-        images = np.full((1, kwargs["height"], kwargs["width"], 3), 0.5, np.float32)
+        images = np.zeros((1, kwargs["height"], kwargs["width"], 3), np.float32)
+        images[..., 0] = kwargs["generator"].initial_seed() / 255
+        images[..., 1] = next(i for i, p in enumerate(self.prompts) if p in kwargs["prompt"]) / 255
         return type("Output", (), {"images": images})()
 
 
-def test_priors_are_generated_in_one_load_and_kept_across_runs(tmp_path, monkeypatch):
-    pipes = []
+class FakeDetector:
+    """Finds `faces[(prompt number, seed)]` usable faces in a FakeFlux prior."""
 
-    def load(settings):
-        pipes.append(FakeFlux())
-        return pipes[-1]
+    def __init__(self, faces):
+        self.faces, self.closed = faces, False
 
-    monkeypatch.setattr(bench_module, "_load_prior_pipeline", load)
-    cases = plan_cases("1p", ["a person reading", "a person cooking"], [tmp_path / "a.png"])
-    request = BenchRequest(suite="1p", identities=tmp_path, output=tmp_path / "b", size=(128, 96))
-    paths = bench_module._priors(cases, request, None)
-    assert len(pipes) == 1 and [p.name for p in paths.values()] == ["1p-00.png", "1p-01.png"]
-    call = pipes[0].calls[1]
-    assert call["prompt"] == (
-        "a person cooking. A photo of one person, face clearly visible, looking at the camera."
+    def detect(self, rgb):
+        key = (int(rgb[0, 0, 1]), int(rgb[0, 0, 0]))
+        return [Face((10.0 * i, 0.0, 10.0 * i + 40, 40.0), 0.9) for i in range(self.faces[key])]
+
+    def close(self):
+        self.closed = True
+
+
+def test_priors_use_the_prompt_as_given_and_try_next_seeds_for_enough_faces(tmp_path, monkeypatch):
+    prompts = ["two people reading", "two people cooking"]
+    pipes, detectors = [], []
+    # Prompt 0 shows 1 face at seed 0 and 2 at seed 1; prompt 1 never shows 2 faces.
+    faces = {(0, 0): 1, (0, 1): 2, (1, 0): 0, (1, 1): 1, (1, 2): 1}
+    monkeypatch.setattr(
+        bench_module, "_load_prior_pipeline", lambda s: pipes.append(FakeFlux(prompts)) or pipes[-1]
     )
+    monkeypatch.setattr(
+        bench_module, "open_detector",
+        lambda name, download: detectors.append(FakeDetector(faces)) or detectors[-1],
+    )  # fmt: skip
+    cases = plan_cases("2p", prompts, [tmp_path / "a.png", tmp_path / "b.png"])
+    request = BenchRequest(
+        suite="2p", identities=tmp_path, output=tmp_path / "b", size=(128, 96), prior_seeds=3
+    )
+    paths, failures = bench_module._priors(cases, request, None)
+    assert len(pipes) == 1 and detectors[0].closed
+    assert [c["prompt"] for c in pipes[0].calls] == [prompts[0]] * 2 + [prompts[1]] * 3
+    assert [c["generator"].initial_seed() for c in pipes[0].calls] == [0, 1, 0, 1, 2]
+    call = pipes[0].calls[0]
     assert (call["width"], call["height"], call["num_inference_steps"], call["guidance_scale"]) == (
         128, 96, 28, 3.5,
     )  # fmt: skip
-    record = json.loads((tmp_path / "b" / "priors" / "1p-01.json").read_text())
-    assert record["prompt"] == call["prompt"] and record["model"] == "black-forest-labs/FLUX.1-dev"
-    assert Image.open(paths["1p-00"]).size == (128, 96)
-    bench_module._priors(cases, request, None)
-    assert len(pipes) == 1  # both kept: nothing loaded
-    bench_module._priors(cases, replace(request, seed=1), None)
-    assert len(pipes) == 2 and len(pipes[1].calls) == 2  # another seed: both made again
+    first = json.loads((tmp_path / "b" / "priors" / "2p-00.json").read_text())
+    assert first["prompt"] == prompts[0] and first["prompt_mode"] == "given"
+    assert first["seed"] == 1 and first["attempts"] == [
+        {"seed": 0, "faces": 1}, {"seed": 1, "faces": 2},
+    ]  # fmt: skip
+    assert np.asarray(Image.open(paths["2p-00"]))[0, 0, 0] == 1  # the prior kept: seed 1's
+    second = json.loads((tmp_path / "b" / "priors" / "2p-01.json").read_text())
+    assert second["seed"] is None and [a["seed"] for a in second["attempts"]] == [0, 1, 2]
+    assert list(failures) == ["2p-01"] and "fewer than 2 usable faces" in failures["2p-01"]
+
+    again, failures_again = bench_module._priors(cases, request, None)
+    assert len(pipes) == 1 and again == paths  # both kept: nothing loaded
+    assert failures_again == failures  # a recorded failure is still a failure
+    assert bench_module._priors(cases, replace(request, fallback="grid"), None)[1] == {}
+    bench_module._priors(cases, replace(request, prior_prompt="rewrite"), None)
+    assert len(pipes) == 2 and pipes[1].calls[0]["prompt"] == (
+        "two people reading. A group photo of 2 people side by side, every face clearly "
+        "visible, looking at the camera."
+    )
+
+
+def test_a_case_without_a_canvas_is_failed_in_the_table_not_laid_out_in_a_row(suite):
+    """The second case's prior shows one person for two: with bench's default --fallback
+    error it gets no canvas, is listed, and counted as failed for every method."""
+    priors = suite / "two_priors"
+    priors.mkdir()
+    group = Image.open(suite / "priors" / "group.png")
+    group.save(priors / "a_group.png")
+    single = np.array(group)
+    single[:, 96:] = (118, 140, 160)  # Hopper painted over
+    Image.fromarray(single).save(priors / "b_single.png")
+    result = bench(suite, "--metrics", "fidelity", "--methods", "layered", priors="two_priors")
+    assert result.exit_code == 1, result.output
+    assert "no canvas" in result.output and "2p-01" in result.output
+    out = suite / "bench"
+    assert not (out / "canvases" / "2p-01.yaml").exists()
+    with open(out / "results.csv", newline="") as handle:
+        assert [r["canvas"] for r in csv.DictReader(handle)] == ["2p-00"]
+    assert (
+        "| LayerComposer | reproduced here: `layered` | 1 | 1 |" in (out / "results.md").read_text()
+    )
 
 
 def test_bench_usage_errors(suite):

@@ -96,8 +96,9 @@ def test_eval_writes_one_row_per_output_with_every_column(outputs, tmp_path):
     locked = rows(tmp_path / "ev" / "locked.csv")
     assert list(locked[0]) == LOCKED_COLUMNS and {r["layer"] for r in locked} == {"hopper"}
     table = (tmp_path / "ev" / "results.md").read_text()
-    assert "| LayerComposer (paper, Table 1) |  | (ArcFace 0.547) | 0.796 | 11.6 |" in table
-    assert "identity (dlib) ↑" in table and "| layered | 2 | 0.000 | — | — | 4 / 4 |" in table
+    assert "| LayerComposer | paper, copied |  |  | (ArcFace 0.547) | 0.796 | 11.6 |  |" in table
+    assert "identity (dlib) ↑" in table
+    assert "| LayerComposer | reproduced here: `layered` | 2 | 0 | 0.000 | — | — | 4 / 4 |" in table
     for figure in ("figure_metrics.png", "figure_samples.png"):
         assert Image.open(tmp_path / "ev" / figure).size[0] > 300
 

@@ -22,6 +22,10 @@ DEFAULT_STEPS = 28
 DEFAULT_GUIDANCE = 3.5  # FLUX.1 [dev]'s usual distilled guidance
 TARGET_AREA = 1024 * 1024  # FLUX works best near one megapixel
 MAX_AREA = 1.5 * TARGET_AREA  # a given prior larger than this is scaled down to TARGET_AREA
+# How a prior's text comes from the canvas prompt: `given` uses it as is (the paper's protocol,
+# lc bench's default); `rewrite` adds the count of people and asks for visible faces
+# (prior_prompt, lc autolayout's default).
+PROMPT_MODES: tuple[str, ...] = ("given", "rewrite")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,15 @@ def prior_prompt(prompt: str, people: int) -> str:
         f"{prompt}. A group photo of {people} people side by side, "
         "every face clearly visible, looking at the camera."
     )
+
+
+def prior_text(prompt: str, people: int, mode: str) -> str:
+    """The text a prior is generated from, by `mode` (one of PROMPT_MODES)."""
+    if mode == "given":
+        return prompt
+    if mode == "rewrite":
+        return prior_prompt(prompt, people)
+    raise UsageError(f"--prior-prompt {mode!r}: choose one of {', '.join(PROMPT_MODES)}")
 
 
 def canvas_size_for(width: int, height: int, requested: tuple[int, int] | None) -> tuple[int, int]:

@@ -10,10 +10,10 @@ import typer
 from rich.markup import escape
 
 from ..autolayout import PriorSettings
-from ..autolayout.prior import DEFAULT_PRIOR_MODEL
+from ..autolayout.prior import DEFAULT_PRIOR_MODEL, PROMPT_MODES
 from ..errors import UsageError
-from ..eval.bench import METHODS, SUITES, BenchRequest, run_bench
-from ..eval.metrics import METRICS
+from ..eval.bench import DEFAULT_PRIOR_SEEDS, METHODS, SUITES, BenchRequest, run_bench
+from ..eval.heads import HEAD_MARGIN
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ..models import DEFAULT_MODEL
 from ..render import RenderSettings
@@ -23,13 +23,16 @@ from .eval import (
     BatchSizeOption,
     DownloadOption,
     HPSv3CheckpointOption,
+    HPSv3PythonOption,
     IdentityBackendOption,
     MetricsDeviceOption,
     MetricsOption,
     NoFigureOption,
     VQAScoreModelOption,
+    VQAScorePythonOption,
     eval_options,
     print_report,
+    report_skipped,
     stage_progress,
 )
 
@@ -75,9 +78,39 @@ def bench_cli(
     detector: Annotated[
         str, typer.Option(help="Face detector for the layouts: mediapipe | dlib | insightface.")
     ] = "mediapipe",
+    prior_prompt: Annotated[
+        str,
+        typer.Option(
+            "--prior-prompt",
+            help=f"{' | '.join(PROMPT_MODES)}: generate priors from the prompt as given (the "
+            "paper's protocol), or rewritten to ask for N visible faces.",
+        ),
+    ] = "given",
+    prior_seeds: Annotated[
+        int,
+        typer.Option(
+            "--prior-seeds",
+            min=1,
+            help="Generated priors tried per case (seeds --seed, --seed+1, ...) until one shows "
+            "a face per person.",
+        ),
+    ] = DEFAULT_PRIOR_SEEDS,
     fallback: Annotated[
-        str, typer.Option(help="A prior with too few faces: grid (place in a row) | error (skip).")
-    ] = "grid",
+        str,
+        typer.Option(
+            help="A prior still short of faces: error (the case fails, counted in the table) "
+            "| grid (place the rest in a row)."
+        ),
+    ] = "error",
+    head_margin: Annotated[
+        float,
+        typer.Option(
+            "--head-margin",
+            min=0.0,
+            max=2.0,
+            help="1P: the head crop adds this fraction of the face box's size on every side.",
+        ),
+    ] = HEAD_MARGIN,
     seed: Annotated[int, typer.Option(help="Seed of every prior and render.")] = 0,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Denoising steps (default: the canvas's, 28).")
@@ -86,10 +119,12 @@ def bench_cli(
     device: Annotated[str, typer.Option(help="Render device: auto | cpu | cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
     offload: Annotated[str, typer.Option(help="none | model | sequential.")] = "none",
-    metrics: MetricsOption = ",".join(METRICS),
+    metrics: MetricsOption = None,
     identity_backend: IdentityBackendOption = "insightface",
     vqascore_model: VQAScoreModelOption = DEFAULT_VQASCORE_MODEL,
     hpsv3_checkpoint: HPSv3CheckpointOption = None,
+    vqascore_python: VQAScorePythonOption = None,
+    hpsv3_python: HPSv3PythonOption = None,
     metrics_device: MetricsDeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
     no_figure: NoFigureOption = False,
@@ -100,13 +135,17 @@ def bench_cli(
 
     Writes into -o: the cases (suite.json), priors, canvases, renders (with manifests), and the
     tables (results.csv with one row per output, results.md beside the paper's figures) and
-    figures. Rerunning skips every prior, canvas, render and score already made from the same
-    inputs. Exit 1 if any case could not be laid out, rendered or evaluated.
+    figures. Priors come from the prompt as given; a case whose prior still shows too few
+    faces after --prior-seeds tries fails and is counted in results.md. 1P cases use each
+    photo's cropped head. With no --metrics, every metric that can run runs and one line
+    names the others. Rerunning skips every prior, canvas, render and score already made from
+    the same inputs. Exit 1 if any case could not be laid out, rendered or evaluated.
 
     Examples:
-        lc bench --suite 2p --identities ffhq/ --lora lc.safetensors -o bench/2p
+        lc bench --suite 2p --identities ffhq/ --lora lc.safetensors -o bench/2p \\
+            --vqascore-python ~/venvs/vqa/bin/python --hpsv3-python ~/venvs/hps/bin/python
         lc bench --suite 2p --identities ids/ --priors priors/ --model builtin:tiny --steps 2 \\
-            --identity-backend dlib --metrics identity,fidelity
+            --identity-backend dlib
     """
     with handled_errors():
         method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -121,10 +160,12 @@ def bench_cli(
             priors=priors,
             prior_settings=PriorSettings(model=prior_model, device=device, dtype=dtype,
                                          offload=offload),
-            size=parse_size(size), detector=detector, fallback=fallback, seed=seed, steps=steps,
-            limit=limit,
+            size=parse_size(size), detector=detector, fallback=fallback,
+            prior_prompt=prior_prompt, prior_seeds=prior_seeds, head_margin=head_margin,
+            seed=seed, steps=steps, limit=limit,
             evaluation=eval_options(metrics, identity_backend, vqascore_model, hpsv3_checkpoint,
-                                    metrics_device, batch_size, download_models),
+                                    metrics_device, batch_size, download_models,
+                                    vqascore_python, hpsv3_python),
             figures=not no_figure, download_models=download_models,
         )  # fmt: skip
 
@@ -140,6 +181,8 @@ def bench_cli(
             stderr.print(
                 f"[red]render failed[/red] {escape(failure.canvas)}: {escape(failure.error or '')}"
             )
+        if quiet:  # otherwise it was a warning before any work
+            report_skipped(result.skipped_metrics)
         if result.report is not None:
             print_report(result.report, json_=False)
         if (

@@ -15,21 +15,40 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
-from ..eval.bench import PUBLISHED, SUITES
+from ..eval.availability import METRICS, PYTHON_OPTIONS, MetricStatus, metric_status, skipped_line
 from ..eval.identity import IDENTITY_BACKENDS
-from ..eval.metrics import METRICS, EvalOptions, parse_metrics
+from ..eval.metrics import EvalOptions, parse_metrics
 from ..eval.outputs import find_outputs
+from ..eval.published import TABLE_1
 from ..eval.run import EvalReport, check_eval, run_eval
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ._common import JsonOption
 from ._errors import EXIT_FAILURE, handled_errors, stderr
 
 MetricsOption = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help=f"Comma-separated, from {', '.join(METRICS)}. identity: face similarity to each "
-        "subject; vqascore, hpsv3: need their extras (see docs/evaluation.md); fidelity: "
-        "locked layers' PSNR/SSIM."
+        help=f"Comma-separated, from {', '.join(METRICS)} [default: every one that can run; "
+        "the others are named in one line]. identity: face similarity to each subject; "
+        "vqascore, hpsv3: need their packages, here or in the environment of --vqascore-python "
+        "/ --hpsv3-python; fidelity: locked layers' PSNR/SSIM. `lc eval --check` lists them.",
+        show_default=False,
+    ),
+]
+VQAScorePythonOption = Annotated[
+    str | None,
+    typer.Option(
+        PYTHON_OPTIONS["vqascore"][0],
+        envvar=PYTHON_OPTIONS["vqascore"][1],
+        help="The python of an environment with t2v_metrics: VQAScore runs there, from lc.",
+    ),
+]
+HPSv3PythonOption = Annotated[
+    str | None,
+    typer.Option(
+        PYTHON_OPTIONS["hpsv3"][0],
+        envvar=PYTHON_OPTIONS["hpsv3"][1],
+        help="The python of an environment with hpsv3: HPSv3 runs there, from lc.",
     ),
 ]
 IdentityBackendOption = Annotated[
@@ -63,18 +82,44 @@ DownloadOption = Annotated[
 
 
 def eval_options(
-    metrics, identity_backend, vqascore_model, hpsv3_checkpoint, device, batch_size, download
-) -> EvalOptions:
+    metrics, identity_backend, vqascore_model, hpsv3_checkpoint, device, batch_size, download,
+    vqascore_python=None, hpsv3_python=None,
+) -> EvalOptions:  # fmt: skip
     if identity_backend not in IDENTITY_BACKENDS:
         raise UsageError(
             f"--identity-backend {identity_backend!r}: choose one of {', '.join(IDENTITY_BACKENDS)}"
         )
     return EvalOptions(
-        metrics=parse_metrics(metrics), identity_backend=identity_backend,
-        vqascore_model=vqascore_model,
+        metrics=None if metrics is None else parse_metrics(metrics),
+        identity_backend=identity_backend, vqascore_model=vqascore_model,
         hpsv3_checkpoint=str(hpsv3_checkpoint) if hpsv3_checkpoint else None,
         device=device, batch_size=batch_size, download_models=download,
+        vqascore_python=vqascore_python or None, hpsv3_python=hpsv3_python or None,
     )  # fmt: skip
+
+
+def report_skipped(skipped: list[MetricStatus]) -> None:
+    """The one line naming the metrics that will not run and how to enable them."""
+    if skipped:
+        stderr.print(f"[yellow]{escape(skipped_line(skipped))}[/yellow]", soft_wrap=True)
+
+
+def print_check(options: EvalOptions, json_: bool) -> None:
+    """`lc eval --check`: each metric, whether it can run, where, and how to enable it."""
+    statuses = [
+        metric_status(m, options.identity_backend, options.pythons.get(m), options.download_models)
+        for m in METRICS
+    ]
+    if json_:
+        print(json.dumps({"metrics": [s.to_dict() for s in statuses]}))
+        return
+    table = Table(title="metrics")
+    for column in ("metric", "available", "where", "to enable"):
+        table.add_column(column, overflow="fold")
+    for s in statuses:
+        state = "[green]yes[/green]" if s.available else f"[red]no[/red]: {escape(s.problem)}"
+        table.add_row(s.metric, state, escape(s.where), escape(s.enable))
+    stderr.print(table)
 
 
 @contextmanager
@@ -133,25 +178,33 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def eval_cli(
     outputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="Render output folders, manifests or images; LABEL=PATH names the method "
             "(default: the mode the manifest says was used).",
             show_default=False,
         ),
-    ],
+    ] = None,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Folder for the tables, figures and scores.")
     ] = Path("eval"),
-    metrics: MetricsOption = ",".join(METRICS),
+    metrics: MetricsOption = None,
     identity_backend: IdentityBackendOption = "insightface",
     vqascore_model: VQAScoreModelOption = DEFAULT_VQASCORE_MODEL,
     hpsv3_checkpoint: HPSv3CheckpointOption = None,
+    vqascore_python: VQAScorePythonOption = None,
+    hpsv3_python: HPSv3PythonOption = None,
     metrics_device: MetricsDeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="List each metric: can it run, where, how to enable it; then exit."
+        ),
+    ] = False,
     suite: Annotated[
         str | None,
-        typer.Option(help="Show the paper's published figures for this setting: 1p | 2p | 4p."),
+        typer.Option(help="Show the paper's Table 1 rows for this setting: 1p | 2p | 4p."),
     ] = None,
     no_figure: NoFigureOption = False,
     download_models: DownloadOption = False,
@@ -163,27 +216,35 @@ def eval_cli(
     Writes results.csv (one row per output), subjects.csv, locked.csv, results.md (a summary per
     method) and figure_metrics.png / figure_samples.png into -o. Scores are kept in
     scores.jsonl there: a rerun only computes what is missing, and metrics run in different
-    environments add up. Exit 1 if any output could not be evaluated.
+    environments add up. With no --metrics, every metric that can run runs and one line names
+    the others. Exit 1 if any output could not be evaluated.
 
     Examples:
-        lc eval out/ --identity-backend dlib --metrics identity,fidelity
+        lc eval --check --vqascore-python ~/venvs/vqa/bin/python
+        lc eval out/ --identity-backend dlib
         lc eval layered=runs/a collage=runs/b --suite 2p -o eval/2p
-        lc eval bench/2p/renders --metrics vqascore -o bench/2p    # in the t2v_metrics env
+        LC_VQASCORE_PYTHON=~/venvs/vqa/bin/python lc eval bench/2p/renders -o bench/2p
     """
     with handled_errors():
-        if suite is not None and suite not in SUITES:
-            raise UsageError(f"--suite {suite!r}: choose one of {', '.join(SUITES)}")
+        if suite is not None and suite not in TABLE_1:
+            raise UsageError(f"--suite {suite!r}: choose one of {', '.join(TABLE_1)}")
         options = eval_options(
             metrics, identity_backend, vqascore_model, hpsv3_checkpoint, metrics_device,
-            batch_size, download_models,
+            batch_size, download_models, vqascore_python, hpsv3_python,
         )  # fmt: skip
+        if check:
+            print_check(options, json_)
+            return
+        if not outputs:
+            raise UsageError("name the outputs to evaluate", hint="e.g. lc eval out/")
         found = find_outputs(outputs)
-        check_eval(options, not no_figure)
+        options, skipped = check_eval(options, not no_figure)
+        report_skipped(skipped)
         show = not quiet and not json_ and sys.stderr.isatty()
         with stage_progress(show) as progress:
             report = run_eval(
-                found, options, output, PUBLISHED.get(suite or ""), "lc eval", not no_figure,
-                progress,
+                found, options, output, TABLE_1.get(suite or "", ()), "lc eval", not no_figure,
+                progress, skipped=skipped,
             )  # fmt: skip
         print_report(report, json_)
         if report.failed:

@@ -8,29 +8,27 @@ metric not asked for this time still shows when the store has it (for the same m
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import LcError, ModelError, UsageError
+from ..errors import LcError, UsageError
 from ..layers import build_layers
 from . import hpsv3 as hpsv3_adapter
 from . import vqascore as vqascore_adapter
+from .availability import METRICS, MetricStatus, plan_metrics
+from .external import score_remote
 from .fidelity import LayerFidelity, locked_fidelity
 from .identity import (
     IDENTITY_BACKENDS,
     IdentityScore,
     IdentityScorer,
-    check_backend,
     reference_image,
 )
 from .outputs import RunOutput
 from .store import ScoreStore, score_key
 
-METRICS: tuple[str, ...] = ("identity", "vqascore", "hpsv3", "fidelity")
-PACKAGES = {"vqascore": "t2v_metrics", "hpsv3": "hpsv3"}
-HINTS = {"vqascore": vqascore_adapter.INSTALL_HINT, "hpsv3": hpsv3_adapter.INSTALL_HINT}
+__all__ = ["METRICS", "EvalOptions", "Evaluation", "check_metrics", "evaluate", "parse_metrics"]
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -38,13 +36,20 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 class EvalOptions:
     """Which metrics, and with which models."""
 
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] | None = None  # None: every metric that can run (check_metrics)
     identity_backend: str = "insightface"
     vqascore_model: str = vqascore_adapter.DEFAULT_MODEL
     hpsv3_checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 8
     download_models: bool = False  # identity model files only (the face registry's downloads)
+    vqascore_python: str | None = None  # run VQAScore in this interpreter's environment
+    hpsv3_python: str | None = None  # run HPSv3 in this interpreter's environment
+
+    @property
+    def pythons(self) -> dict[str, str | None]:
+        """The interpreter each prompt metric runs in; None: this one."""
+        return {"vqascore": self.vqascore_python, "hpsv3": self.hpsv3_python}
 
     def variant(self, metric: str) -> str:
         """The model a score of `metric` comes from, as stored."""
@@ -80,22 +85,18 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return tuple(name for name in METRICS if name in asked)
 
 
-def check_metrics(options: EvalOptions) -> None:
-    """Fail before any rendering or scoring when a metric asked for cannot run."""
-    if "identity" in options.metrics:
-        check_backend(options.identity_backend, options.download_models)
-    elif options.identity_backend not in IDENTITY_BACKENDS:
+def check_metrics(options: EvalOptions) -> tuple[EvalOptions, list[MetricStatus]]:
+    """`options` with the metrics that will run, and the ones skipped (only when none were
+    named). Raises before any rendering or scoring when a metric named cannot run."""
+    if options.identity_backend not in IDENTITY_BACKENDS:
         raise UsageError(
             f"--identity-backend {options.identity_backend!r}: choose one of "
             f"{', '.join(IDENTITY_BACKENDS)}"
         )
-    for metric in options.metrics:
-        package = PACKAGES.get(metric)
-        if package and importlib.util.find_spec(package) is None:
-            raise ModelError(
-                f"--metrics {metric} needs the {package} package, which is not installed",
-                hint=HINTS[metric] + f"; or leave {metric} out of --metrics",
-            )
+    run, skipped = plan_metrics(
+        options.metrics, options.identity_backend, options.pythons, options.download_models
+    )
+    return replace(options, metrics=run), skipped
 
 
 def identity_depends_on(output: RunOutput) -> list[Any]:
@@ -116,6 +117,8 @@ def evaluate(
 ) -> list[Evaluation]:
     """Measure every output; an output that cannot be read is reported, not fatal."""
     store = store or ScoreStore(None)
+    if options.metrics is None:
+        options, _ = check_metrics(options)
     evaluations = [Evaluation(output) for output in outputs]
     _per_image_metrics(evaluations, options, store, progress)
     for metric in ("vqascore", "hpsv3"):
@@ -196,6 +199,10 @@ def _prompt_metric(metric, evaluations, options, store, progress) -> None:
     pending = [(e, k) for e, k in pending if _readable(e)]
     if not pending:
         return
+    python = options.pythons[metric]
+    if python is not None:
+        _remote_metric(metric, python, pending, options, store, progress)
+        return
     if metric == "vqascore":
         scorer = vqascore_adapter.VQAScorer(options.vqascore_model, options.device)
     else:
@@ -220,6 +227,26 @@ def _prompt_metric(metric, evaluations, options, store, progress) -> None:
                 progress(metric, start + len(part), len(pending))
     finally:
         scorer.close()
+
+
+def _remote_metric(metric, python, pending, options, store, progress) -> None:
+    """Score `pending` in another environment's interpreter (external.py), storing each score
+    as it arrives."""
+    job = {
+        "metric": metric, "model": options.vqascore_model,
+        "checkpoint": options.hpsv3_checkpoint, "device": options.device,
+        "batch_size": options.batch_size,
+    }  # fmt: skip
+    items = [(str(e.output.image_path), e.output.prompt) for e, _ in pending]
+    for done, (index, value) in enumerate(score_remote(python, job, items), 1):
+        evaluation, key = pending[index]
+        setattr(evaluation, metric, value)
+        store.put(
+            key, value, metric=metric, variant=options.variant(metric),
+            image=str(evaluation.output.image_path), python=python,
+        )  # fmt: skip
+        if progress:
+            progress(metric, done, len(pending))
 
 
 def _readable(evaluation: Evaluation) -> bool:

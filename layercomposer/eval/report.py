@@ -1,6 +1,7 @@
 """Tables from evaluations: `results.csv` (one row per output), `subjects.csv` (one row per
 subject per output), `locked.csv` (one row per locked layer per output) and `results.md`, a
-summary per method in the columns of the paper's Table 1, with the published figures beside."""
+summary per method in the columns of the paper's Table 1, every published row of the setting
+beside ours (published.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import numpy as np
 from ..files import write_bytes_atomic
 from .fidelity import pooled
 from .metrics import Evaluation
+from .published import Published
+
+__all__ = ["MethodSummary", "Published", "markdown_table", "summarize", "write_tables"]
 
 RESULT_COLUMNS = [
     "method", "canvas", "seed", "image", "prompt", "subjects", "identity", "identity_backend",
@@ -28,17 +32,6 @@ SUBJECT_COLUMNS = [
 LOCKED_COLUMNS = ["method", "canvas", "seed", "layer", "pixels", "psnr", "ssim"]
 IDENTITY_HEADERS = {"insightface": "ArcFace", "antelopev2": "ArcFace", "dlib": "identity (dlib)"}
 ARCFACE_PACKS = {"insightface": "buffalo_l (w600k_r50)", "antelopev2": "antelopev2 (glintr100)"}
-
-
-@dataclass(frozen=True)
-class Published:
-    """The paper's Table 1 figures for one setting."""
-
-    setting: str
-    arcface: float
-    vqascore: float
-    hpsv3: float
-    source: str = "LayerComposer (paper, Table 1)"
 
 
 @dataclass(frozen=True)
@@ -151,44 +144,101 @@ def _cell(value: float | None, count: int, outputs: int, digits: int) -> str:
 
 
 def markdown_table(
-    summaries: list[MethodSummary], published: Published | None = None, title: str = ""
+    summaries: list[MethodSummary],
+    published: tuple[Published, ...] = (),
+    title: str = "",
+    failed: dict[str, int] | None = None,
+    skipped: list[str] | None = None,
 ) -> str:
-    """The summary as a markdown document: the table, then what its numbers mean."""
+    """The summary as a markdown document: every published row of the setting, each of ours
+    right after the row it reproduces, then what the numbers mean.
+
+    `failed`: per method, cases that produced no output (no canvas, or the render failed);
+    they are not in the means but counted in the `failed` column. `skipped`: one line per
+    metric that could not run.
+    """
+    failed = failed or {}
     backends = {s.identity_backend for s in summaries if s.identity_backend}
     backend = next(iter(backends)) if len(backends) == 1 else None
     identity_header = IDENTITY_HEADERS.get(backend or "", "identity")
     any_locked = any(s.counts["locked"] for s in summaries)
-    header = ["method", "outputs", f"{identity_header} ↑", "VQAScore ↑", "HPSv3 ↑"]
-    header += ["faces missed"] + (["locked PSNR (dB) ↑", "locked SSIM ↑"] if any_locked else [])
+    header = ["method", "source", "outputs", "failed", f"{identity_header} ↑", "VQAScore ↑"]
+    header += ["HPSv3 ↑", "faces missed"]
+    header += ["locked PSNR (dB) ↑", "locked SSIM ↑"] if any_locked else []
+    ours = {s.method: s for s in summaries}
+    for method in failed:  # a method none of whose cases produced an output still gets a row
+        ours.setdefault(method, _empty_summary(method))
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
-    if published is not None:
-        arcface = f"{published.arcface:.3f}"
-        if backend not in ARCFACE_PACKS:  # another scale: shown, but not as if comparable
-            arcface = f"(ArcFace {arcface})"
-        row = [published.source, "", arcface, f"{published.vqascore:.3f}", f"{published.hpsv3:.1f}"]
-        lines.append("| " + " | ".join(row + [""] * (len(header) - len(row))) + " |")
-    for s in summaries:
-        row = [
-            s.method,
-            str(s.outputs),
-            _cell(s.identity, s.counts["identity"], s.outputs, 3),
-            _cell(s.vqascore, s.counts["vqascore"], s.outputs, 3),
-            _cell(s.hpsv3, s.counts["hpsv3"], s.outputs, 2),
-            f"{s.misses} / {s.subjects}" if s.counts["identity"] else "—",
-        ]
-        if any_locked:
-            row += [
-                _cell(s.locked_psnr, s.counts["locked"], s.counts["locked"], 2),
-                _cell(s.locked_ssim, s.counts["locked"], s.counts["locked"], 3),
-            ]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", *_notes(summaries, published, backend)]
+
+    def add(cells: list[str]) -> None:
+        lines.append("| " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
+
+    shown: set[str] = set()
+    for row in published:
+        add([row.method, _published_source(row, ours), "", "", *_published_cells(row, backend)])
+        if row.lc_method in ours and row.lc_method not in shown:
+            shown.add(row.lc_method)
+            add(_our_cells(ours[row.lc_method], f"reproduced here: `{row.lc_method}`", failed,
+                           any_locked, row.method))  # fmt: skip
+    for method, summary in ours.items():
+        if method not in shown:
+            add(_our_cells(summary, "measured here", failed, any_locked))
+    lines += ["", *_notes(summaries, published, backend, failed, skipped or [])]
     return "\n".join(lines) + "\n"
 
 
-def _notes(summaries, published, backend) -> list[str]:
-    notes = ["Means over each method's outputs; `(n=...)` where fewer outputs have the score.", ""]
+def _published_source(row: Published, ours: dict[str, MethodSummary]) -> str:
+    if row.lc_method is None:
+        return f"paper, copied ({row.why_not})"
+    if row.lc_method in ours:
+        return "paper, copied"
+    return f"paper, copied (not run here: add `{row.lc_method}` to --methods)"
+
+
+def _published_cells(row: Published, backend: str | None) -> list[str]:
+    arcface = f"{row.arcface:.3f}"
+    if backend not in ARCFACE_PACKS:  # another scale: shown, but not as if comparable
+        arcface = f"(ArcFace {arcface})"
+    return [arcface, f"{row.vqascore:.3f}", f"{row.hpsv3:.3g}", ""]
+
+
+def _our_cells(
+    s: MethodSummary, source: str, failed: dict[str, int], locked: bool, name: str | None = None
+) -> list[str]:
+    cells = [
+        name or s.method,
+        source,
+        str(s.outputs),
+        str(failed.get(s.method, 0) + s.errors),
+        _cell(s.identity, s.counts["identity"], s.outputs, 3),
+        _cell(s.vqascore, s.counts["vqascore"], s.outputs, 3),
+        _cell(s.hpsv3, s.counts["hpsv3"], s.outputs, 2),
+        f"{s.misses} / {s.subjects}" if s.counts["identity"] else "—",
+    ]
+    if locked:
+        cells += [
+            _cell(s.locked_psnr, s.counts["locked"], s.counts["locked"], 2),
+            _cell(s.locked_ssim, s.counts["locked"], s.counts["locked"], 3),
+        ]
+    return cells
+
+
+def _empty_summary(method: str) -> MethodSummary:
+    return MethodSummary(
+        method=method, outputs=0, identity=None, identity_backend=None, vqascore=None,
+        hpsv3=None, subjects=0, misses=0, locked_psnr=None, locked_ssim=None,
+        counts={"identity": 0, "vqascore": 0, "hpsv3": 0, "locked": 0}, errors=0,
+    )  # fmt: skip
+
+
+def _notes(summaries, published, backend, failed, skipped) -> list[str]:
+    notes = [
+        "Means over each method's outputs; `(n=...)` where fewer outputs have the score. "
+        "`failed`: cases with no output (no canvas could be laid out, or the render failed) "
+        "and outputs that could not be evaluated; they are left out of the means.",
+        "",
+    ]
     if backend in ARCFACE_PACKS:
         notes.append(
             f"- ArcFace: cosine similarity of InsightFace {ARCFACE_PACKS[backend]} embeddings "
@@ -211,11 +261,16 @@ def _notes(summaries, published, backend) -> list[str]:
             "- locked PSNR / SSIM: each locked layer's pixels against the output inside its mask "
             "(alpha > 0.5); PSNR over all locked pixels together, SSIM weighted by pixels."
         )
-    if published is not None:
+    if published:
         notes.append(
-            f"- {published.source}: the published {published.setting} figures, on the authors' "
-            "identities, prompts and weights; ours are on the identities and prompts given here."
+            f"- `paper, copied`: the {published[0].setting} rows of the LayerComposer paper's "
+            "Table 1, on the authors' identities, prompts and weights, copied as published. "
+            "`reproduced here`: the same method run by lc bench on the identities and prompts "
+            "given here (FLUX Kontext = `collage`, Overlay Kontext = `overlay-kontext`, "
+            "Qwen-Image-Edit = `qwen-image-edit`, LayerComposer = `layered`)."
         )
+    for line in skipped:
+        notes.append(f"- Not measured: {line}")
     errors = sum(s.errors for s in summaries)
     if errors:
         notes.append(
@@ -256,7 +311,12 @@ def locked_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
 
 
 def write_tables(
-    evaluations: list[Evaluation], folder: Path, published: Published | None = None, title: str = ""
+    evaluations: list[Evaluation],
+    folder: Path,
+    published: tuple[Published, ...] = (),
+    title: str = "",
+    failed: dict[str, int] | None = None,
+    skipped: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write the CSV files and results.md into `folder`; return their paths by name."""
     paths = {
@@ -270,6 +330,6 @@ def write_tables(
     )
     write_bytes_atomic(paths["subjects"], _csv_text(SUBJECT_COLUMNS, subject_rows(evaluations)))
     write_bytes_atomic(paths["locked"], _csv_text(LOCKED_COLUMNS, locked_rows(evaluations)))
-    table = markdown_table(summarize(evaluations), published, title)
+    table = markdown_table(summarize(evaluations), published, title, failed, skipped)
     write_bytes_atomic(paths["table"], table.encode())
     return paths
