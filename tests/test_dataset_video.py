@@ -310,6 +310,17 @@ def test_resume_keeps_finished_videos(built, monkeypatch):
     assert "near-duplicate frame" in load_index(out).dropped
 
 
+def test_resume_builds_a_video_again_when_its_record_is_damaged(built):
+    scenes, out, _ = built
+    record = out / "walk.video.json"
+    record.write_text('{"shots": [')  # as if the disk filled up while it was written
+    result = build(scenes, out, "--frames-per-shot", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "scene walk-shot002" in result.output  # built again, and reported
+    assert [s.name for s in load_index(out).scenes] == ["photos", "walk-shot001", "walk-shot002"]
+    assert load_index(out).dropped["near-duplicate frame"] == [f"{scenes / 'walk.mp4'}@3.75s"]
+
+
 def test_lc_train_trains_on_the_video_dataset(built, tmp_path):
     _, out, _ = built
     run = tmp_path / "run"

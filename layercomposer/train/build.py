@@ -13,7 +13,6 @@ after near-duplicate frames are dropped, and frames whose faces are too small or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from PIL import Image, ImageOps
 
 from ..errors import InputError, LcError
 from ..files import write_json_atomic, write_png_atomic
-from ..limits import TooLargeError, UnreadableImageError, open_image_bounded
+from ..limits import TooLargeError, UnreadableImageError, open_image_bounded, read_json_bounded
 from .dataset import (
     INDEX_VERSION,
     DatasetIndex,
@@ -346,27 +345,29 @@ def build_source(source: Path, out: Path, options: BuildOptions) -> list[SceneRe
 
 
 def finished_results(source: Path, out: Path) -> list[SceneResult] | None:
-    """What a previous run recorded for `source`, or None if it did not finish it."""
+    """What a previous run recorded for `source`, or None if it did not finish it.
+
+    A record that cannot be read (damaged, edited) counts as unfinished: the source is redone.
+    """
     from .video import is_video
 
-    if is_video(source):
-        record = video_record_path(out, source)
-        if not record.exists():
-            return None
-        saved = json.loads(record.read_text())
-        return [
-            SceneResult(
-                shot["name"],
-                scene_from_dict(shot["scene"]) if shot["scene"] else None,
-                shot["dropped"],
-            )
-            for shot in saved["shots"]
-        ]
-    done = out / source.name / SCENE_FILE
-    if not done.exists():
+    record = video_record_path(out, source) if is_video(source) else out / source.name / SCENE_FILE
+    if not record.exists():
         return None
-    saved = json.loads(done.read_text())
-    return [SceneResult(source.name, scene_from_dict(saved["scene"]), saved["dropped"])]
+    try:
+        saved = read_json_bounded(record)
+        if is_video(source):
+            return [
+                SceneResult(
+                    shot["name"],
+                    scene_from_dict(shot["scene"]) if shot["scene"] else None,
+                    dict(shot["dropped"]),
+                )
+                for shot in saved["shots"]
+            ]
+        return [SceneResult(source.name, scene_from_dict(saved["scene"]), dict(saved["dropped"]))]
+    except (LcError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def dataset_sources(scenes: Path) -> list[Path]:
