@@ -22,6 +22,7 @@ from .canvas import Canvas, CanvasSpec, load_canvas
 from .errors import CanvasError, LcError, ModelError, UsageError
 from .files import TEMP_SUFFIX, png_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from .layers import build_layers, image_file_hashes
+from .limits import open_image_bounded
 from .manifest import build_manifest, inputs_sha256, read_manifest
 from .models import DEFAULT_MODEL
 
@@ -413,12 +414,9 @@ def rerender_manifest(
 
 
 def _read_pixels(path: Path) -> np.ndarray | None:
-    from PIL import Image
-
     if not path.is_file():
         return None
-    with Image.open(path) as image:
-        return np.asarray(image, np.int16)
+    return np.asarray(open_image_bounded(path), np.int16)
 
 
 def distributed_rank() -> tuple[int, int]:
