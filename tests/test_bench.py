@@ -238,3 +238,57 @@ def test_bench_usage_errors(suite):
         suite / "prompts.txt", "--model", "builtin:tiny", "--metrics", "fidelity",
     )  # fmt: skip
     assert too_few.exit_code == 2 and "at least 4 identity photos, got 2" in too_few.output
+
+
+def test_1p_canvas_is_the_cropped_head_on_black_for_every_method(suite):
+    """1P: the layer is the photo's head (a square twice the face's size around its face box),
+    eye-aligned on the prior's face; everything else on the canvas is empty, so the layered
+    input is that head on black; the collage method renders the same canvas."""
+    from layercomposer.canvas import load_canvas
+    from layercomposer.faces.detect import open_detector
+    from layercomposer.layers import build_layers, flatten
+
+    single = np.array(Image.open(suite / "priors" / "group.png"))
+    single[:, 96:] = (118, 140, 160)  # only the astronaut is left
+    Image.fromarray(single).save(suite / "single.png")
+    (suite / "one.txt").write_text("a person at a launch pad\n")
+    result = lc(
+        "bench", "--suite", "1p", "--identities", suite / "identities" / "astronaut.png",
+        "--prompts", suite / "one.txt", "--priors", suite / "single.png", "--model",
+        "builtin:tiny", "--steps", "1", "--metrics", "fidelity", "--no-figure",
+        "-o", suite / "b1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = suite / "b1"
+    record = json.loads((out / "suite.json").read_text())
+    assert record["cases"][0]["prompt"] == "a person at a launch pad"  # the plain prompt
+    assert (
+        record["protocol"]["subject_input"] == "head" and record["protocol"]["head_margin"] == 0.5
+    )
+
+    photo = skimage_data.astronaut()
+    detector = open_detector("mediapipe")
+    try:
+        face = detector.detect(photo)[0]
+    finally:
+        detector.close()
+    side = 2 * face.size
+    x0, y0 = round(face.center[0] - side / 2), round(face.center[1] - side / 2)
+    head = np.asarray(Image.open(out / "heads" / "1p-00" / "astronaut.png"))
+    assert abs(head.shape[0] - side) <= 1 and abs(head.shape[1] - side) <= 1
+    assert np.array_equal(head, photo[max(0, y0) : y0 + head.shape[0], x0 : x0 + head.shape[1]])
+
+    (layer,) = build_layers(load_canvas(out / "canvases" / "1p-00.yaml"))
+    alpha = layer.rgba[..., 3]
+    layered_input = flatten([layer], base=(0, 0, 0))  # transparent pixels: the black canvas
+    assert (layered_input[alpha == 0] == 0).all()  # outside the head: black
+    ys, xs = np.nonzero(alpha)
+    box_w, box_h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert 0.8 < box_w / box_h < 1.25  # a square head crop, not a person's outline
+    assert (alpha > 0).sum() > 0.75 * box_w * box_h  # opaque across the crop (turned a little)
+    assert (alpha == 0).mean() > 0.5 and layered_input[alpha == 255].mean() > 20
+    canvases = {
+        json.loads(m.read_text())["inputs"]["canvas"]["path"]
+        for m in (out / "renders").rglob("*.json")
+    }
+    assert len(canvases) == 1  # layered and collage got the same cropped head
