@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import threading
-import time
 import webbrowser
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -102,7 +102,7 @@ def serve(
     allowed_hosts: tuple[str, ...] = (),
     output: Path | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = functools.partial(print, flush=True),  # a pipe sees it at once
 ) -> None:
     """Serve the studio for a canvas file or folder until interrupted."""
     import uvicorn
@@ -128,16 +128,33 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{_url_host(shown)}:{port}/?token={token}"
 
-    say(f"lc studio: {url}")
-    say(f"  canvases: {', '.join(workspace.canvases()) or '(none yet)'} in {workspace.root}")
-    say(f"  model: {settings.model} (loading in the background), encode {settings.encode}")
-    say(f"  renders go to {workspace.output}; press Ctrl+C to stop")
+    def listening() -> None:
+        say(f"lc studio: {url}")
+        say(f"  canvases: {', '.join(workspace.canvases()) or '(none yet)'} in {workspace.root}")
+        say(f"  model: {settings.model} (loading in the background), encode {settings.encode}")
+        say(f"  renders go to {workspace.output}; press Ctrl+C to stop")
+        if open_browser:
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    if open_browser:
-        threading.Thread(target=_open_when_up, args=(server, url), daemon=True).start()
-    server.run(sockets=[sock])
+    _announcing_server(config, listening).run(sockets=[sock])
+
+
+def _announcing_server(config: Any, on_listening: Callable[[], None]) -> Any:
+    """A uvicorn server that calls `on_listening` once its socket accepts connections.
+
+    The address is printed only then: printed earlier (before startup, which also runs the
+    app's lifespan), a script or a browser that uses it at once can be refused.
+    """
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:  # uvicorn sets `started` once listening
+                on_listening()
+
+    return AnnouncingServer(config)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -156,11 +173,3 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _open_when_up(server: Any, url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if server.started:
-        webbrowser.open(url)
