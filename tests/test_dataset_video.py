@@ -227,6 +227,18 @@ def test_a_corrupt_video_is_refused_cleanly(clip, tmp_path, damage):
     assert str(broken) in result.output and "Traceback" not in result.output
 
 
+def test_two_videos_with_one_name_are_refused_and_dot_files_ignored(clip, tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "._walk.mp4").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    result = build(sources, tmp_path / "out")
+    assert result.exit_code == 1 and "has no scene folders and no videos" in result.output
+    shutil.copy(clip, sources / "walk.mp4")
+    shutil.copy(clip, sources / "walk.mov")
+    result = build(sources, tmp_path / "out")
+    assert result.exit_code == 2 and "would both make scenes walk-shot*" in result.output
+
+
 # --- the whole build, and training on it ----------------------------------------------------------
 
 

@@ -378,7 +378,12 @@ def dataset_sources(scenes: Path) -> list[Path]:
     if is_video(scenes):
         sources = [scenes]
     elif scenes.is_dir():
-        sources = sorted(p for p in scenes.iterdir() if p.is_dir() or is_video(p))
+        # Dot files are skipped: macOS copies leave `._clip.mp4` beside `clip.mp4`, not a video.
+        sources = sorted(
+            p
+            for p in scenes.iterdir()
+            if p.is_dir() or (is_video(p) and not p.name.startswith("."))
+        )
         if not sources:
             raise LcError(f"{scenes} has no scene folders and no videos", hint=hint)
     else:
