@@ -21,6 +21,7 @@ from layercomposer import limits
 from layercomposer.cli.main import app
 from layercomposer.faces.types import Face
 from layercomposer.train import video
+from layercomposer.train.build import BuildOptions, build_dataset
 from layercomposer.train.dataset import BACKGROUND, load_index
 from layercomposer.train.video import Shot, VideoOptions
 
@@ -326,10 +327,11 @@ def test_resume_builds_a_video_again_when_its_record_is_damaged(built):
     scenes, out, _ = built
     record = out / "walk.video.json"
     record.write_text('{"shots": [')  # as if the disk filled up while it was written
-    result = build(scenes, out, "--frames-per-shot", "4", "--resume")
-    assert result.exit_code == 0, result.output
-    assert "scene walk-shot002" in result.output  # built again, and reported
-    assert [s.name for s in load_index(out).scenes] == ["photos", "walk-shot001", "walk-shot002"]
+    steps = []
+    options = BuildOptions(SIZE, "dlib", video=VideoOptions(frames_per_shot=4))
+    index = build_dataset(scenes, out, options, resume=True, on_step=lambda *a: steps.append(a))
+    assert steps == [("walk.mp4: shots", 1, 2), ("walk.mp4: shots", 2, 2)]  # built again
+    assert [s.name for s in index.scenes] == ["photos", "walk-shot001", "walk-shot002"]
     assert load_index(out).dropped["near-duplicate frame"] == [f"{scenes / 'walk.mp4'}@3.75s"]
 
 

@@ -90,10 +90,18 @@ def build_cli(
         )
         with progress:
             task = progress.add_task("scene folders and videos") if show_progress else None
+            inside = progress.add_task("", total=None, visible=False) if show_progress else None
 
             def on_progress(done: int, total: int) -> None:
                 if task is not None:
                     progress.update(task, completed=done, total=total)
+                    progress.update(inside, visible=False)
+
+            def on_step(what: str, done: int, total: int | None) -> None:
+                if inside is not None:
+                    progress.update(
+                        inside, description=what, completed=done, total=total, visible=True
+                    )
 
             def report(result) -> None:
                 kept = f"{len(result.scene.images)} images" if result.scene else "dropped"
@@ -101,7 +109,7 @@ def build_cli(
                     stderr.print(f"scene {escape(result.name)}: {kept}")
 
             index = build_dataset(
-                scenes, output, options, workers, resume, report, on_progress=on_progress
+                scenes, output, options, workers, resume, report, on_progress, on_step
             )
         table = Table(title=f"dataset {output}")
         table.add_column("what")

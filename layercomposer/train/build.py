@@ -277,7 +277,13 @@ def video_record_path(out: Path, video_path: Path) -> Path:
     return out / f"{video_path.stem}{VIDEO_RECORD_SUFFIX}"
 
 
-def build_video(path: Path, out: Path, options: BuildOptions) -> list[SceneResult]:
+# A progress report from inside one source: (what, done, total or None).
+StepCallback = Callable[[str, int, "int | None"], None]
+
+
+def build_video(
+    path: Path, out: Path, options: BuildOptions, on_step: StepCallback | None = None
+) -> list[SceneResult]:
     """Cut a video into shots and build each shot as a scene; return one result per shot.
 
     Shot k of `clip.mp4` is the scene `clip-shot00k`; `clip.txt` beside the video, if there,
@@ -288,7 +294,13 @@ def build_video(path: Path, out: Path, options: BuildOptions) -> list[SceneResul
     settings = options.video
     info = video.probe_video(path)
     min_shot_frames = max(1, round(settings.min_shot_seconds * info.fps))
-    shots = video.find_shots(video.cut_distances(info), settings.cut_threshold, min_shot_frames)
+
+    def frames_decoded(done: int) -> None:
+        if on_step:
+            on_step(f"{path.name}: finding cuts", done, info.frames)
+
+    distances = video.cut_distances(info, frames_decoded)
+    shots = video.find_shots(distances, settings.cut_threshold, min_shot_frames)
     caption_file = path.with_suffix(".txt")
     caption = caption_file.read_text().strip() if caption_file.exists() else None
     number = {shot: k for k, shot in enumerate(shots, 1)}
@@ -316,6 +328,8 @@ def build_video(path: Path, out: Path, options: BuildOptions) -> list[SceneResul
             images.append(SceneImage(f"f{frame.index:06d}", source, pixels, caption))
         where = f"{path} frames {shot.start}-{shot.end - 1}"
         results.append(compose_scene(result, where, images, out, options, face_check))
+        if on_step:
+            on_step(f"{path.name}: shots", number[shot], len(shots))
     write_json_atomic(
         video_record_path(out, path),
         {
@@ -333,12 +347,14 @@ def build_video(path: Path, out: Path, options: BuildOptions) -> list[SceneResul
     return results
 
 
-def build_source(source: Path, out: Path, options: BuildOptions) -> list[SceneResult]:
+def build_source(
+    source: Path, out: Path, options: BuildOptions, on_step: StepCallback | None = None
+) -> list[SceneResult]:
     """One unit of work: a folder of photos (one scene) or a video (a scene per shot)."""
     from .video import is_video
 
     return (
-        build_video(source, out, options)
+        build_video(source, out, options, on_step)
         if is_video(source)
         else [build_scene(source, out, options)]
     )
@@ -409,11 +425,13 @@ def build_dataset(
     resume: bool = False,
     on_scene: Callable[[SceneResult], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> DatasetIndex:
     """Build (or resume) a layered dataset from scene folders and videos; return its index.
 
     `scenes_dir` is a folder of scene folders and/or video files, or one video file.
-    `on_progress(done, total)` is called as sources (folders, videos) finish.
+    `on_progress(done, total)` is called as sources (folders, videos) finish, and with one
+    worker `on_step(what, done, total)` as a video's frames are decoded and its shots built.
     """
     scenes_dir, out = Path(scenes_dir), Path(out_dir)
     sources = dataset_sources(scenes_dir)
@@ -448,7 +466,7 @@ def build_dataset(
                 finish(source_results)
     else:
         for source in todo:
-            finish(build_source(source, out, options))
+            finish(build_source(source, out, options, on_step))
 
     dropped: dict[str, list[str]] = {}
     for result in results:

@@ -16,7 +16,7 @@ The decisions are pure functions of small arrays (histograms, hashes, face crops
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,13 +250,18 @@ def sample_indices(shot: Shot, count: int) -> list[int]:
     return sorted({shot.start + int((k + 0.5) * shot.length / count) for k in range(count)})
 
 
-def cut_distances(info: VideoInfo) -> np.ndarray:
-    """(frames,) float: each frame's histogram distance to the previous one (first pass)."""
+def cut_distances(info: VideoInfo, on_frames: Callable[[int], None] | None = None) -> np.ndarray:
+    """(frames,) float: each frame's histogram distance to the previous one (first pass).
+
+    `on_frames(decoded)` is called every 50 frames, for a progress bar.
+    """
     distances, previous = [], None
-    for _, _, thumb in decode_frames(info, thumbnail=THUMBNAIL_SIDE):
+    for index, _, thumb in decode_frames(info, thumbnail=THUMBNAIL_SIDE):
         histogram = colour_histogram(thumb)
         distances.append(0.0 if previous is None else histogram_distance(previous, histogram))
         previous = histogram
+        if on_frames and index % 50 == 49:
+            on_frames(index + 1)
     return np.asarray(distances, np.float64)
 
 
