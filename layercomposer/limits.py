@@ -78,7 +78,7 @@ def check_file_size(path: str | Path, max_bytes: int, what: str = "file") -> int
     size = os.stat(path).st_size
     if size > max_bytes:
         raise TooLargeError(
-            f"{path}: {what} is {size_text(size)}, over lc's limit of {size_text(max_bytes)}"
+            f"{path}: {what} is {size:,} bytes, over lc's limit of {size_text(max_bytes)}"
         )
     return size
 
@@ -168,7 +168,7 @@ def open_image_bounded(
     try:
         if isinstance(source, bytes):
             if len(source) > max_bytes:
-                size = size_text(len(source))
+                size = f"{len(source):,} bytes"
                 raise TooLargeError(f"{name} is {size}, over lc's limit of {size_text(max_bytes)}")
             handle: Any = io.BytesIO(source)
         else:
@@ -192,7 +192,9 @@ def open_image_bounded(
     except IsADirectoryError:
         raise UnreadableImageError(f"{source} is a folder, not an image", "folder") from None
     except Image.DecompressionBombError as exc:
-        raise TooLargeError(f"{name} is too large to decode safely ({exc})") from None
+        # Pillow's own check (process-global, so not the only one) refused it first.
+        limit = f"{max_side:,} pixels a side and {max_pixels / 1e6:g} MP"
+        raise TooLargeError(f"{name} is over lc's limit of {limit} ({exc})") from None
     except UnidentifiedImageError:
         formats = ", ".join(IMAGE_FORMATS)
         raise UnreadableImageError(

@@ -124,7 +124,7 @@ def parse_yaml(
     """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8"))
     if size > max_bytes:
-        raise YamlRefused(f"is {size_text(size)}, over lc's limit of {size_text(max_bytes)}")
+        raise YamlRefused(f"is {size:,} bytes, over lc's limit of {size_text(max_bytes)}")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
