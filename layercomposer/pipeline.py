@@ -35,6 +35,7 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift, retr
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from .fill import DEFAULT_FILL, Fill, check_fill, fill_transparent
 from .geometry import Box
 from .latents import LatentCache, pack_latents, unpack_latents
 from .layers import CanvasLayer, flatten
@@ -48,7 +49,6 @@ ENCODE_MARGIN = 32  # px of context around a layer's box, so border tokens see t
 # Why `canvas` is the default: the VAE's GroupNorm statistics and mid-block attention span the
 # whole image, so a box encode changes every token a little, not only those at the border
 # (benchmarks/encode_box.py measures by how much). `canvas` is exact to the method.
-LAYER_FILL = 128  # the grey that transparent pixels are encoded as: ~0 in the VAE's [-1, 1] input
 PROMPT_CACHE_SIZE = 8  # prompts whose embeddings stay in memory (T5 at 512 tokens: 4 MB in bf16)
 
 
@@ -150,7 +150,12 @@ class LayerComposerPipeline(FluxKontextPipeline):
         )
 
     def check_layer_inputs(
-        self, prompt: str, layers: list[CanvasLayer], mode: str, encode: str
+        self,
+        prompt: str,
+        layers: list[CanvasLayer],
+        mode: str,
+        encode: str,
+        fill: str = DEFAULT_FILL,
     ) -> None:
         if not isinstance(prompt, str) or not prompt:
             raise ValueError("`prompt` must be a non-empty string")
@@ -160,6 +165,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
         if encode not in ("box", "canvas"):
             raise ValueError(f"`encode` must be 'box' or 'canvas', got {encode!r}")
+        check_fill(fill)
         size = layers[0].canvas_size
         if any(layer.canvas_size != size for layer in layers):
             raise ValueError("all layers must belong to the same canvas size")
@@ -186,20 +192,26 @@ class LayerComposerPipeline(FluxKontextPipeline):
         return layer.visible_box.snapped_out(TOKEN_PX, ENCODE_MARGIN).intersect(canvas)
 
     def encode_layer(
-        self, layer: CanvasLayer, index: int, encode: Encode = "canvas", generator=None
+        self,
+        layer: CanvasLayer,
+        index: int,
+        encode: Encode = "canvas",
+        generator=None,
+        fill: Fill = DEFAULT_FILL,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return a layer's kept tokens (1, n, 64) and their `[index, y, x]` ids (n, 3)."""
+        """Return a layer's kept tokens (1, n, 64) and their `[index, y, x]` ids (n, 3).
+
+        Transparent pixels are encoded as `fill` (black or grey): the LoRA's training decides.
+        """
         box = self.encode_box(layer, encode)
         x, y = layer.origin
         key = LatentCache.key(
-            self.cache_namespace, str(self.vae.dtype), layer.content_hash, LAYER_FILL,
+            self.cache_namespace, str(self.vae.dtype), layer.content_hash, check_fill(fill),
             (box.x0 - x, box.y0 - y, box.x1 - x, box.y1 - y),
         )  # fmt: skip
         tokens = self.latent_cache.get(key)
         if tokens is None:
-            rgba = layer.crop(box).astype(np.float32)  # (h, w, 4), never the whole canvas
-            alpha = rgba[..., 3:] / 255.0
-            rgb = np.rint(rgba[..., :3] * alpha + LAYER_FILL * (1.0 - alpha)).astype(np.uint8)
+            rgb = fill_transparent(layer.crop(box), fill)  # (h, w, 3), never the whole canvas
             tokens = self._encode_pixels(rgb, generator)
             self.latent_cache.put(key, tokens)
         tokens = tokens.to(self._execution_device)
@@ -210,7 +222,11 @@ class LayerComposerPipeline(FluxKontextPipeline):
         return kept, torch.from_numpy(grid_position_ids(layer.token_mask, index))
 
     def encode_layers(
-        self, layers: list[CanvasLayer], encode: Encode = "canvas", generator=None
+        self,
+        layers: list[CanvasLayer],
+        encode: Encode = "canvas",
+        generator=None,
+        fill: Fill = DEFAULT_FILL,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All layers' kept tokens (1, L_cond, 64) and `[layer, y, x]` ids (L_cond, 3), in order.
 
@@ -218,7 +234,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         """
         plan = plan_tokens(layers)
         encoded = [
-            self.encode_layer(layer, planned.index, encode, generator)
+            self.encode_layer(layer, planned.index, encode, generator, fill)
             for layer, planned in zip(layers, plan.layers, strict=True)
         ]
         return torch.cat([t for t, _ in encoded], dim=1), torch.cat([i for _, i in encoded])
@@ -243,9 +259,10 @@ class LayerComposerPipeline(FluxKontextPipeline):
         encode: Encode = "canvas",
         generator: torch.Generator | None = None,
         max_sequence_length: int = 512,
+        fill: Fill = DEFAULT_FILL,
     ) -> Conditioning:
         """Steps 1-2: the text embeddings and the conditioning tokens with their ids."""
-        self.check_layer_inputs(prompt, layers, mode, encode)
+        self.check_layer_inputs(prompt, layers, mode, encode, fill)
         mode, mode_reason = self.resolve_mode(mode)
         device = self._execution_device
         timings: dict[str, float] = {}
@@ -260,7 +277,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         # 2. Conditioning tokens and their position ids.
         started = _now(device)
         if mode == "layered":
-            cond_tokens, cond_ids = self.encode_layers(layers, encode, generator)
+            cond_tokens, cond_ids = self.encode_layers(layers, encode, generator, fill)
         else:
             cond_tokens, cond_ids = self.encode_collage(layers, generator)
         cond_tokens = cond_tokens.to(device=device, dtype=prompt_embeds.dtype)
@@ -284,6 +301,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         output_type: str = "pil",
         joint_attention_kwargs: dict | None = None,
         step_callback: Callable[[int, int], None] | None = None,
+        fill: Fill = DEFAULT_FILL,
     ) -> LayerComposerOutput:
         device = self._execution_device
         hits_before, misses_before = self.latent_cache.hits, self.latent_cache.misses
@@ -291,7 +309,7 @@ class LayerComposerPipeline(FluxKontextPipeline):
         self._interrupt = False
 
         # 1-2. Text embeddings, conditioning tokens and their ids.
-        cond = self.prepare(prompt, layers, mode, encode, generator, max_sequence_length)
+        cond = self.prepare(prompt, layers, mode, encode, generator, max_sequence_length, fill)
         timings = dict(cond.timings)
         grid = layers[0].canvas_size.token_grid
         dtype = cond.prompt_embeds.dtype

@@ -21,6 +21,7 @@ import numpy as np
 from .canvas import Canvas, CanvasSpec, load_canvas
 from .errors import CanvasError, LcError, ModelError, UsageError
 from .files import TEMP_SUFFIX, png_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from .fill import DEFAULT_FILL, FILLS, LEGACY_FILL
 from .layers import build_layers, image_file_hashes
 from .limits import open_image_bounded
 from .manifest import build_manifest, inputs_sha256, read_manifest
@@ -53,6 +54,7 @@ class RenderSettings:
     compile: bool = False
     first_block_cache: float | None = None  # threshold; None: off
     quantize: str = "none"
+    fill: str = "auto"  # black | grey | auto: the LoRA's recorded fill, else black
 
     def speed_options(self):
         """The transformer speed options as `speed.SpeedOptions` (validated)."""
@@ -68,6 +70,60 @@ class RenderSettings:
         """
         speed = {name: getattr(self, name) for name in SPEED_DEFAULTS}
         return speed if speed != SPEED_DEFAULTS else None
+
+
+@dataclass(frozen=True)
+class FillChoice:
+    """The fill a render uses, where it came from, and what to tell the user about it."""
+
+    fill: str
+    source: Literal["option", "lora", "default"]
+    lora_fill: str | None  # what the LoRA file records (lc.fill), if anything
+    notice: str | None = None  # one line for the user, or None
+    warning: bool = False  # the notice is a warning: the fill contradicts the LoRA's
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"used": self.fill, "source": self.source, "lora": self.lora_fill}
+
+
+def choose_fill(requested: str, lora_fill: str | None, has_lora: bool) -> FillChoice:
+    """The fill for `--fill requested` (auto, black or grey) given the LoRA's recorded fill.
+
+    `auto` takes the LoRA's fill, else black. An explicit fill always wins, with a warning when
+    the LoRA was trained with another: a LoRA sees its layers best on the canvas it learned on.
+    """
+    recorded = lora_fill if lora_fill in FILLS else None
+    if requested != "auto":
+        if recorded is not None and recorded != requested:
+            return FillChoice(
+                requested, "option", lora_fill,
+                f"--fill {requested} contradicts the LoRA, which was trained with fill "
+                f"{recorded}: rendering with {requested} as asked (omit --fill to use {recorded})",
+                warning=True,
+            )  # fmt: skip
+        return FillChoice(requested, "option", lora_fill)
+    if recorded is not None:
+        return FillChoice(
+            recorded, "lora", lora_fill, f"fill {recorded}: the LoRA's, from its metadata"
+        )
+    if not has_lora:
+        return FillChoice(DEFAULT_FILL, "default", None)
+    what = f"an unknown fill {lora_fill!r}" if lora_fill else "no fill"
+    return FillChoice(
+        DEFAULT_FILL, "default", lora_fill,
+        f"fill {DEFAULT_FILL} (the default): the LoRA records {what}; pass --fill grey if it "
+        "was trained on grey",
+    )  # fmt: skip
+
+
+def resolve_fill(settings: RenderSettings) -> FillChoice:
+    """`choose_fill` for these settings, reading the LoRA file's metadata (its header only)."""
+    from .lora_metadata import lora_fill
+
+    if settings.fill not in (*FILLS, "auto"):
+        raise UsageError(f"--fill {settings.fill!r}: choose one of auto, {', '.join(FILLS)}")
+    recorded = lora_fill(settings.lora) if settings.lora else None
+    return choose_fill(settings.fill, recorded, bool(settings.lora))
 
 
 @dataclass
@@ -99,6 +155,7 @@ class Renderer:
     lora_info: Any = None
     load_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # settings that contradict each other
     _built: tuple | None = field(default=None, repr=False)  # (canvas, its layers), see _layers
 
     def load(self) -> None:
@@ -138,6 +195,10 @@ class Renderer:
                 str(canvas.path), seed, "skipped", str(image_path), str(manifest_path)
             )
         layers = self._layers(canvas)  # invalid images fail here, before any model work
+        fill = resolve_fill(self.settings)
+        told = self.warnings if fill.warning else self.notices
+        if fill.notice and fill.notice not in told:
+            told.append(fill.notice)
 
         self.load()
         import torch
@@ -157,6 +218,7 @@ class Renderer:
                 encode=self.settings.encode,
                 output_type="np",
                 step_callback=self.on_step,
+                fill=fill.fill,
             )
         except torch.OutOfMemoryError:
             raise LcError(
@@ -182,6 +244,7 @@ class Renderer:
             mode_reason=output.mode_reason,
             model=self.model_info.to_dict(),
             lora=self.lora_info.to_dict() if self.lora_info else None,
+            fill=fill.to_dict(),
             dtype=str(self.pipe.transformer.dtype).removeprefix("torch."),
             device=str(device),
             tokens=output.tokens,
@@ -224,6 +287,7 @@ def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[s
         "seed": seed,
         "mode": settings.mode,
         "encode": settings.encode,
+        "fill": resolve_fill(settings).fill,  # resolved: `auto` with a LoRA is the LoRA's fill
         "dtype": settings.dtype,
         "device": settings.device,
         **({"speed": speed} if (speed := settings.speed_inputs()) else {}),
@@ -396,7 +460,7 @@ def rerender_manifest(
     settings = RenderSettings(
         model=inputs["model"], revision=inputs["revision"], lora=lora.get("path"),
         lora_scale=lora.get("scale", 1.0), mode=inputs["mode"], encode=inputs["encode"],
-        dtype=inputs["dtype"], device=inputs["device"],
+        dtype=inputs["dtype"], device=inputs["device"], fill=inputs.get("fill", LEGACY_FILL),
         **{**SPEED_DEFAULTS, **inputs.get("speed", {})},
     )  # fmt: skip
     recorded_image = Path(manifest_path).parent / manifest["output"]["image"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from train_data import REPO, make_dataset
 from typer.testing import CliRunner
@@ -38,7 +39,7 @@ def config_for(dataset, output, **sets):
 
 def fixed_batch_loss(trainer, seed=123, count=6) -> float:
     rng = np.random.default_rng(seed)
-    sigmas = sample_sigmas(rng, count, trainer.config.train)
+    sigmas = sample_sigmas(rng, count, trainer.config.train, trainer.shift)
     losses = []
     with torch.no_grad():
         for sigma in sigmas:
@@ -111,6 +112,68 @@ def test_trained_lora_changes_the_render_and_switches_auto_to_layered(dataset, t
     assert (a != b).any()
 
 
+def test_a_trained_lora_carries_how_it_was_trained_and_renders_with_its_fill(
+    dataset, tmp_path, two_discs
+):
+    from layercomposer.train.timesteps import flux_shift
+
+    lora = Trainer(
+        config_for(dataset, tmp_path / "run", train__steps=2, checkpoint_every=100)
+    ).run()
+    info = runner.invoke(app, ["lora", "info", str(lora), "--json"])
+    assert info.exit_code == 0, info.output
+    lc = json.loads(info.stdout)["lc"]
+    assert lc["fill"] == "black" and lc["shift"] == "auto"
+    assert lc["shift_value"] == pytest.approx(flux_shift(16))  # 64 px: 4x4 tokens of 16 px
+    assert (lc["rank"], lc["alpha"], lc["base_model"], lc["step"]) == (4, 4.0, "builtin:tiny", 2)
+    assert lc["lc_version"] and lc["image_tokens"] == 16
+    table = runner.invoke(app, ["lora", "info", str(lora)])
+    assert "lc.fill" in table.output and "black" in table.output
+
+    common = ["render", str(two_discs), "--model", "builtin:tiny", "--set", "steps=2"]
+    common += ["--lora", str(lora)]
+    own = runner.invoke(app, [*common, "-o", str(tmp_path / "own")])
+    assert own.exit_code == 0, own.output
+    assert "fill black: the LoRA's" in own.output
+    manifest = json.loads((tmp_path / "own" / "scene" / "0.json").read_text())
+    assert manifest["fill"] == {"used": "black", "source": "lora", "lora": "black"}
+    assert manifest["inputs"]["fill"] == "black"
+
+    grey = runner.invoke(app, [*common, "--fill", "grey", "-o", str(tmp_path / "grey")])
+    assert grey.exit_code == 0, grey.output
+    assert "warning:" in grey.output and "contradicts the LoRA" in grey.output
+    manifest = json.loads((tmp_path / "grey" / "scene" / "0.json").read_text())
+    assert manifest["fill"] == {"used": "grey", "source": "option", "lora": "black"}
+    a = np.asarray(Image.open(tmp_path / "own" / "scene" / "0.png"))
+    b = np.asarray(Image.open(tmp_path / "grey" / "scene" / "0.png"))
+    assert (a != b).any()  # the conditioning differs, so does the image
+
+
+def test_the_configured_fill_and_shift_reach_the_conditioning_and_the_lora(dataset, tmp_path):
+    from layercomposer.render import RenderSettings, resolve_fill
+
+    config = config_for(
+        dataset, tmp_path / "run", train__steps=1, data__fill="grey", train__shift="3.0",
+        checkpoint_every=100,
+    )  # fmt: skip
+    trainer = Trainer(config)
+    assert trainer.shift == 3.0
+    sample = sample_example(trainer.index, np.random.default_rng(0), trainer.sampling)
+    calls = []
+    encode_layers = trainer.pipe.encode_layers
+    trainer.pipe.encode_layers = lambda *a, **k: calls.append(k) or encode_layers(*a, **k)
+    trainer.example_loss(sample, 0.5, 0)
+    assert calls == [{"fill": "grey"}]
+    lora = trainer.run()
+    with safe_open(str(lora), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["lc.fill"], metadata["lc.shift"], metadata["lc.shift_value"]) == (
+        "grey", "3.0", "3.0",
+    )  # fmt: skip
+    choice = resolve_fill(RenderSettings(model="builtin:tiny", lora=str(lora)))
+    assert (choice.fill, choice.source) == ("grey", "lora")
+
+
 def test_samples_are_rendered_at_the_sample_step(dataset, tmp_path, two_discs):
     sets = [f"validation_canvases=[{two_discs}]", "train.steps=2", "sample_every=2"]
     config = load_train_config(
@@ -167,6 +230,10 @@ def test_saved_and_comfyui_exported_loras_reproduce_the_trained_model(dataset, t
     assert any(
         key.startswith("diffusion_model.double_blocks.0.img_attn.qkv") for key in load_file(comfy)
     )
+    with safe_open(str(comfy), "pt") as handle, safe_open(str(lora), "pt") as source:
+        recorded = {k: v for k, v in source.metadata().items() if k.startswith("lc.")}
+        assert recorded["lc.fill"] == "black" and recorded["lc.alpha"] == "8.0"
+        assert recorded.items() <= handle.metadata().items()  # the export carries them all
 
     for path in (lora, comfy):
         pipe, _ = load_pipeline("builtin:tiny")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from ..errors import UsageError
+from ._common import JsonOption
 from ._errors import handled_errors, stderr
 
 lora_app = typer.Typer(help="Work with LoRA files.", no_args_is_help=True)
@@ -36,3 +40,69 @@ def export_cli(
 
         written = export_comfyui(lora, output)
         stderr.print(f"wrote {escape(str(written))}")
+
+
+@lora_app.command("info")
+def info_cli(
+    lora: Annotated[
+        Path,
+        typer.Argument(
+            help="A LoRA .safetensors file, or a run folder holding one.", show_default=False
+        ),
+    ],
+    json_: JsonOption = False,
+):
+    """Show how a LoRA was trained: fill, timestep shift, rank, alpha, base model, lc version.
+
+    `lc train` writes these as `lc.*` keys in the file's metadata; for other LoRAs the table
+    shows what the file itself tells (format, tensors, rank, diffusers' adapter config). Only
+    the file's header is read.
+
+    Examples:
+        lc lora info runs/tiny/pytorch_lora_weights.safetensors
+        lc lora info runs/tiny --json
+    """
+    with handled_errors():
+        from ..lora_metadata import describe_lora_file
+
+        info = describe_lora_file(lora)
+        if json_:
+            print(json.dumps(info.to_dict(), indent=2))
+            return
+        Console(highlight=False).print(_info_table(info))
+        if info.lc is None:
+            stderr.print(
+                "[yellow]no lc metadata:[/yellow] this LoRA was not written by `lc train` (or by "
+                "an lc from before it was recorded); `lc render --lora` uses fill black unless "
+                "given --fill"
+            )
+
+
+def _info_table(info) -> Table:
+    """One row per fact: the file, then the lc.* keys, then diffusers' adapter config."""
+    from ..lora_metadata import LC_KEYS
+
+    table = Table(title=escape(info.path), show_header=True)
+    for column in ("key", "value", "meaning"):
+        table.add_column(column)
+    rows = [
+        ("size", f"{info.size_bytes:,} bytes", ""),
+        ("tensors", str(info.tensors), ""),
+        ("format", info.format, "key layout"),
+        ("rank", "-" if info.rank is None else str(info.rank), "largest, from tensor shapes"),
+    ]
+    for key, value in (info.lc or {}).items():
+        meaning = LC_KEYS[key][1] if key in LC_KEYS else ""
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        rows.append((f"lc.{key}", shown, meaning))
+    adapter = info.adapter or {}
+    for key in ("transformer.r", "transformer.lora_alpha", "transformer.target_modules"):
+        if key in adapter:
+            value = adapter[key]
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            rows.append((key, shown, "diffusers adapter config"))
+    for key, value in info.other_metadata.items():
+        rows.append((key, value if len(value) <= 80 else value[:77] + "...", "other metadata"))
+    for key, value, meaning in rows:
+        table.add_row(escape(key), escape(value), escape(meaning))
+    return table

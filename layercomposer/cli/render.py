@@ -32,6 +32,7 @@ Choice = {
     "encode": ["box", "canvas"],
     "offload": ["none", "model", "sequential"],
     "quantize": ["none", "int8", "fp8"],
+    "fill": ["auto", "black", "grey"],
 }
 
 
@@ -106,6 +107,13 @@ def render_cli(
             "(+margin), faster and cached across moves, approximate."
         ),
     ] = "canvas",
+    fill: Annotated[
+        str,
+        typer.Option(
+            help="auto | black | grey: the colour transparent layer pixels are encoded as. auto: "
+            "the one the LoRA was trained with (lc train records it), else black, as the paper."
+        ),
+    ] = "auto",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Keep encoded layer latents on disk too.")
     ] = None,
@@ -170,6 +178,7 @@ def render_cli(
             encode=_choice("encode", encode), dtype=dtype, device=device, offload=_choice("offload", offload),
             attention_backend=attention_backend, cache_dir=str(cache_dir) if cache_dir else None,
             compile=compile_, first_block_cache=first_block_cache, quantize=_choice("quantize", quantize),
+            fill=_choice("fill", fill),
         )  # fmt: skip
         settings.speed_options()  # a bad threshold fails now, not after the first canvas loads
         if from_manifest is not None:
@@ -213,6 +222,10 @@ def _run(paths, settings, batch: dict, json_, quiet, show_progress) -> list[Rend
             if notice not in shown:
                 shown.add(notice)
                 stderr.print(f"[yellow]notice:[/yellow] {escape(notice)}")
+        for warning in renderer.warnings:
+            if warning not in shown:
+                shown.add(warning)
+                stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
     shown: set[str] = set()
     if not show_progress:

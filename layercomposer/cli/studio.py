@@ -16,6 +16,7 @@ CHOICES = {
     "mode": ("auto", "layered", "collage"),
     "encode": ("box", "canvas"),
     "offload": ("none", "model", "sequential"),
+    "fill": ("auto", "black", "grey"),
 }
 
 
@@ -61,6 +62,13 @@ def studio_cli(
             help="Default layer encoding: box makes a moved layer a latent-cache hit; canvas is exact."
         ),
     ] = "box",
+    fill: Annotated[
+        str,
+        typer.Option(
+            help="auto | black | grey: transparent layer pixels' colour (auto: the LoRA's, else "
+            "black)."
+        ),
+    ] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     offload: Annotated[str, typer.Option(help="none | model | sequential CPU offload.")] = "none",
@@ -101,7 +109,7 @@ def studio_cli(
         settings = RenderSettings(
             model=model, revision=revision, lora=lora, lora_scale=lora_scale, mode=_choice("mode", mode),
             encode=_choice("encode", encode), dtype=dtype, device=device, offload=_choice("offload", offload),
-            cache_dir=str(cache_dir) if cache_dir else None,
+            cache_dir=str(cache_dir) if cache_dir else None, fill=_choice("fill", fill),
         )  # fmt: skip
         serve(
             target,

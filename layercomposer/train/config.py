@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
 from ..errors import CanvasError
 from ..yamlfile import read_yaml_file
@@ -32,6 +32,11 @@ class DataConfig(_Strict):
     scale_jitter: float = Field(0.1, ge=0, lt=1)
     shift_jitter: float = Field(0.05, ge=0, lt=1)
     color_jitter: float = Field(0.1, ge=0, lt=1)
+    fill: Literal["black", "grey"] = Field(
+        "black",
+        description="Colour transparent layer pixels are encoded as (black: the paper's canvas). "
+        "Written into the LoRA; `lc render --lora` uses the same.",
+    )
 
 
 class LoraConfigSpec(_Strict):
@@ -64,7 +69,11 @@ class TrainLoopConfig(_Strict):
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0)
-    shift: float = Field(1.0, gt=0, description="sigma' = shift*s / (1 + (shift-1)*s); 1 = none.")
+    shift: Literal["auto"] | PositiveFloat = Field(
+        "auto",
+        description="Timestep shift sigma' = shift*s / (1 + (shift-1)*s). auto: FLUX's "
+        "resolution-dependent exp(mu) at the dataset's image tokens (1.88 at 512 px); 1 = none.",
+    )
     guidance: float = Field(1.0, ge=0, description="Guidance embedding value during training.")
     cache_text: bool = Field(True, description="Encode each caption once and keep it.")
     cache_latents: bool = Field(False, description="Keep VAE latents of layers in memory.")

@@ -122,12 +122,17 @@ def _fuse(
 def export_comfyui(source: str | Path, target: str | Path) -> Path:
     """Write `source` (diffusers format) as a ComfyUI LoRA at `target`; return it."""
     from ..files import TEMP_SUFFIX
+    from ..lora_metadata import PREFIX, read_safetensors_header
 
     tensors, scale = read_lora(Path(source))
     converted = to_comfyui(tensors, scale)
+    # How it was trained (lc.fill, lc.shift, ...) travels with it: `lc render --lora` and
+    # `lc lora info` read the exported file as they read the original.
+    trained = {k: v for k, v in read_safetensors_header(source)[0].items() if k.startswith(PREFIX)}
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(target.name + TEMP_SUFFIX)
-    save_file(converted, str(temp), metadata={"format": "pt", "exported_by": "lc"})
+    metadata = {"format": "pt", "exported_by": "lc", **trained}
+    save_file(converted, str(temp), metadata=metadata)
     temp.replace(target)
     return target

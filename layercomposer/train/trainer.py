@@ -8,6 +8,7 @@ generator whose state is checkpointed, so `--resume` continues exactly.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import time
@@ -28,6 +29,7 @@ from .config import TrainConfig
 from .dataset import load_index
 from .optim import make_optimizer
 from .sampler import SamplingConfig, TrainingSample, sample_example
+from .timesteps import resolve_shift, shift_sigmas
 
 ADAPTER = "layercomposer"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -42,14 +44,14 @@ class StepReport:
     samples_per_second: float
 
 
-def sample_sigmas(rng: np.random.Generator, count: int, config) -> np.ndarray:
+def sample_sigmas(rng: np.random.Generator, count: int, config, shift: float) -> np.ndarray:
     """Noise levels in (0, 1) for flow matching: logit-normal (as FLUX/SD3 training) or uniform,
-    then the schedule shift sigma' = shift * s / (1 + (shift - 1) * s)."""
+    then the schedule shift sigma' = shift * s / (1 + (shift - 1) * s) (`Trainer.shift`)."""
     if config.timestep_sampling == "logit_normal":
         sigmas = 1 / (1 + np.exp(-rng.normal(config.logit_mean, config.logit_std, count)))
     else:
         sigmas = rng.uniform(0, 1, count)
-    return config.shift * sigmas / (1 + (config.shift - 1) * sigmas)
+    return shift_sigmas(sigmas, shift)
 
 
 class Trainer:
@@ -79,6 +81,11 @@ class Trainer:
         )
         self._text_cache: dict[str, tuple] = {}
         self._setup_model()
+        self.image_tokens = (self.index.resolution // 16) ** 2  # noisy tokens per example
+        # `auto`: FLUX's own shift for this many tokens, from the loaded scheduler's config.
+        self.shift = resolve_shift(
+            config.train.shift, self.image_tokens, self.pipe.scheduler.config
+        )
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -167,7 +174,9 @@ class Trainer:
         dtype = self.pipe.transformer.dtype
         with torch.no_grad():
             target = self._target_latents(sample)  # (1, L, 64)
-            cond_tokens, cond_ids = self.pipe.encode_layers(sample.layers)
+            cond_tokens, cond_ids = self.pipe.encode_layers(
+                sample.layers, fill=self.config.data.fill
+            )
             prompt_embeds, pooled, text_ids = self._text(sample.caption)
         target = target.to(device, torch.float32)
         generator = torch.Generator("cpu").manual_seed(noise_seed)
@@ -204,7 +213,7 @@ class Trainer:
             started = time.perf_counter()
             torch.manual_seed(int(rng.integers(2**62)))  # LoRA dropout, reproducible on resume
             self.optimizer.zero_grad(set_to_none=True)
-            sigmas = sample_sigmas(rng, batch, self.config.train)
+            sigmas = sample_sigmas(rng, batch, self.config.train, self.shift)
             total = 0.0
             for i in range(batch):
                 sample = sample_example(self.index, rng, self.sampling)
@@ -230,7 +239,7 @@ class Trainer:
                 step % self.config.sample_every == 0 or step == steps
             ):
                 self.render_samples(step)
-        final = self._save_lora(self.output)
+        final = self._save_lora(self.output, steps)
         if writer is not None:
             writer.close()
         return final
@@ -276,20 +285,44 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.transformer)
         return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
-    def _save_lora(self, folder: Path) -> Path:
-        """Write the LoRA in diffusers format (what `lc render --lora` reads), with its alpha."""
+    def _save_lora(self, folder: Path, step: int) -> Path:
+        """Write the LoRA in diffusers format (what `lc render --lora` reads), with its alpha
+        and how it was trained (`lora_metadata`: fill, shift, rank, base model, ...)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             weights = {
                 k: v.detach().float().cpu().contiguous() for k, v in self._lora_state().items()
             }
             model = self.accelerator.unwrap_model(self.transformer)
+            adapter = model.peft_config[ADAPTER].to_dict()
             self.pipe.save_lora_weights(
                 folder,
                 transformer_lora_layers=weights,
-                transformer_lora_adapter_metadata=model.peft_config[ADAPTER].to_dict(),
+                save_function=_lora_writer(adapter, self.lora_metadata(step)),
             )
         return folder / LORA_FILE
+
+    def lora_metadata(self, step: int) -> dict[str, str]:
+        """The `lc.*` keys written into the LoRA file at `step`: what reproducing it takes."""
+        from .. import __version__
+        from ..lora_metadata import METADATA_VERSION, encode_lc_metadata
+
+        config, lora, train = self.config, self.config.lora, self.config.train
+        targets = lora.target_modules
+        return encode_lc_metadata({
+            "metadata_version": METADATA_VERSION, "lc_version": __version__,
+            "base_model": config.model, "base_revision": self.model_info.revision or config.revision,
+            "base_config_sha256": self.model_info.config_sha256, "fill": config.data.fill,
+            "shift": str(train.shift), "shift_value": self.shift,
+            "timestep_sampling": train.timestep_sampling, "logit_mean": train.logit_mean,
+            "logit_std": train.logit_std, "resolution": self.index.resolution,
+            "image_tokens": self.image_tokens, "guidance": train.guidance, "rank": lora.rank,
+            "alpha": lora.alpha or lora.rank, "dropout": lora.dropout,
+            "target_modules": [targets] if isinstance(targets, str) else targets,
+            "step": step, "steps": train.steps, "batch_size": train.batch_size,
+            "processes": self.accelerator.num_processes,
+            "learning_rate": config.optim.learning_rate, "seed": config.seed,
+        })  # fmt: skip
 
     def save_checkpoint(self, step: int, rng: np.random.Generator) -> Path:
         """Write `checkpoints/step-NNNNNNN/`: LoRA, optimizer, step and RNG state, atomically."""
@@ -298,7 +331,7 @@ class Trainer:
             return final
         temp = final.with_name(final.name + TEMP_SUFFIX)
         shutil.rmtree(temp, ignore_errors=True)
-        self._save_lora(temp)
+        self._save_lora(temp, step)
         torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
         state = {
             "step": step,
@@ -356,7 +389,7 @@ class Trainer:
             output = self.pipe(
                 canvas.spec.prompt, build_layers(canvas), mode="layered", num_inference_steps=self.config.sample_steps,
                 guidance_scale=canvas.spec.guidance, generator=torch.Generator("cpu").manual_seed(canvas.spec.seed or 0),
-                output_type="np",
+                output_type="np", fill=self.config.data.fill,
             )  # fmt: skip
             pixels = np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
             written.append(
@@ -366,6 +399,35 @@ class Trainer:
             )
         self.transformer.train()
         return written
+
+
+def _lora_writer(adapter_config: dict, lc_metadata: dict[str, str]) -> Callable:
+    """A `save_function` for diffusers' `save_lora_weights` that also writes lc's metadata.
+
+    diffusers writes the peft config (where alpha lives) only with its own save function, so
+    this one writes it the same way (`transformer.`-prefixed, under `lora_adapter_metadata`),
+    beside the `lc.*` keys; atomically, so a killed run leaves no half-written LoRA.
+    """
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors.torch import save_file
+
+    packed = {
+        f"transformer.{key}": sorted(value) if isinstance(value, set) else value
+        for key, value in adapter_config.items()
+    }
+    metadata = {
+        "format": "pt",
+        LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True),
+        **lc_metadata,
+    }
+
+    def save(weights: dict[str, torch.Tensor], filename: str) -> None:
+        path = Path(filename)
+        temp = path.with_name(path.name + TEMP_SUFFIX)
+        save_file(weights, str(temp), metadata=metadata)
+        temp.replace(path)
+
+    return save
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,217 @@
+"""What a LoRA file says about how it was trained: `lc.*` keys in its safetensors metadata.
+
+`lc train` writes them (the fill, the timestep shift, rank and alpha, the base model, the lc
+version, ...) beside the `lora_adapter_metadata` that diffusers writes; `lc render --lora` reads
+the fill back, and `lc lora info` shows all of it. Values are strings, as safetensors requires:
+plain text for text, numbers as their decimal form, lists as JSON.
+
+The header is read here, not with the safetensors package, so that `lc lora info` works
+without torch and reads at most `MAX_HEADER_BYTES` however large a size the file claims.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, LcError
+from .lora import detect_format, resolve_lora_file
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a rank-512 FLUX LoRA's header is ~60 KB; kohya's ~1 MB
+PREFIX = "lc."
+FILL_KEY = PREFIX + "fill"
+DIFFUSERS_ADAPTER_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+METADATA_VERSION = 1
+
+# key (without the prefix) -> (type, what it means). The order is the order `lc lora info` shows.
+LC_KEYS: dict[str, tuple[type, str]] = {
+    "metadata_version": (int, "version of these lc.* keys"),
+    "lc_version": (str, "lc that trained it"),
+    "base_model": (str, "base model (hub id, folder or builtin:tiny)"),
+    "base_revision": (str, "base model revision (hub commit)"),
+    "base_config_sha256": (str, "sha256 of the base model's model_index.json"),
+    "fill": (str, "colour of transparent layer pixels (render with the same)"),
+    "shift": (str, "timestep shift rule: auto (FLUX's, by image tokens) or a number"),
+    "shift_value": (float, "timestep shift used"),
+    "timestep_sampling": (str, "noise-level density before the shift"),
+    "logit_mean": (float, "logit-normal mean"),
+    "logit_std": (float, "logit-normal std"),
+    "resolution": (int, "training resolution (px, square)"),
+    "image_tokens": (int, "noisy image tokens per example"),
+    "guidance": (float, "guidance embedding value in training"),
+    "rank": (int, "LoRA rank"),
+    "alpha": (float, "LoRA alpha"),
+    "dropout": (float, "LoRA dropout"),
+    "target_modules": (list, "modules with a LoRA"),
+    "step": (int, "optimizer steps done"),
+    "steps": (int, "optimizer steps configured"),
+    "batch_size": (int, "examples per step, per process"),
+    "processes": (int, "training processes"),
+    "learning_rate": (float, "learning rate"),
+    "seed": (int, "training seed"),
+}
+
+
+@dataclass(frozen=True)
+class LoraFileInfo:
+    """A LoRA file as its header describes it, for `lc lora info`."""
+
+    path: str
+    size_bytes: int
+    tensors: int
+    format: str  # as `lora.detect_format` names it
+    rank: int | None  # the largest lora_A / lora_down rank
+    lc: dict[str, Any] | None  # the decoded lc.* keys; None: the file has none
+    adapter: dict[str, Any] | None  # diffusers' lora_adapter_metadata, parsed
+    other_metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encode_lc_metadata(values: dict[str, Any]) -> dict[str, str]:
+    """`lc.*` string metadata for `values` (keys of `LC_KEYS`; None values are left out)."""
+    unknown = sorted(set(values) - set(LC_KEYS))
+    if unknown:
+        raise ValueError(f"not lc LoRA metadata keys: {unknown}")
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        kind = LC_KEYS[key][0]
+        out[PREFIX + key] = json.dumps(list(value)) if kind is list else str(kind(value))
+    return out
+
+
+def decode_lc_metadata(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The `lc.*` keys of a file's metadata as Python values (unknown ones kept as text)."""
+    found = {k.removeprefix(PREFIX): v for k, v in metadata.items() if k.startswith(PREFIX)}
+    if not found:
+        return None
+    position = {key: i for i, key in enumerate(LC_KEYS)}  # keys of other lc versions: last
+    found = dict(sorted(found.items(), key=lambda item: (position.get(item[0], 999), item[0])))
+    decoded: dict[str, Any] = {}
+    for key, text in found.items():
+        kind = LC_KEYS.get(key, (str,))[0]
+        try:
+            decoded[key] = json.loads(text) if kind is list else kind(text)
+        except (ValueError, TypeError):
+            decoded[key] = text  # written by another lc version: show it as it is
+    return decoded
+
+
+def read_safetensors_header(
+    path: str | Path, max_bytes: int = MAX_HEADER_BYTES
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(metadata, tensors) of a .safetensors file: its `__metadata__` and each tensor's entry.
+
+    Reads 8 bytes and then the header only, refusing one that claims more than `max_bytes`, more
+    than the file holds, or that is not the format's JSON. Raises InputError saying which.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            length_bytes = handle.read(8)
+            if len(length_bytes) < 8:
+                raise InputError(f"{path}: {size} bytes, too short to be a .safetensors file")
+            length = int.from_bytes(length_bytes, "little")
+            if length > max_bytes:
+                raise InputError(
+                    f"{path}: its header claims {length:,} bytes, more than the {max_bytes:,} "
+                    "lc reads: not a .safetensors LoRA, or a damaged one"
+                )
+            if 8 + length > size:
+                raise InputError(
+                    f"{path}: its header claims {length:,} bytes but the file has {size:,}: "
+                    "truncated, or not a .safetensors file"
+                )
+            raw = handle.read(length)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a .safetensors file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path}: the header is not JSON: not a .safetensors file") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: the header is not a JSON object: not a .safetensors file")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InputError(f"{path}: __metadata__ must map strings to strings")
+    data_bytes = size - 8 - length
+    for name, entry in header.items():
+        if not _valid_entry(entry, data_bytes):
+            raise InputError(f"{path}: tensor {name!r} has an invalid header entry")
+    return metadata, header
+
+
+def describe_lora_file(path: str | Path) -> LoraFileInfo:
+    """What `lc lora info` shows: the file's tensors, format, rank and training metadata."""
+    try:
+        file = resolve_lora_file(path)
+    except LcError as exc:  # missing, a folder without one LoRA, a pickle: the input is wrong
+        raise InputError(exc.message, hint=exc.hint) from None
+    metadata, tensors = read_safetensors_header(file)
+    if not tensors:
+        raise InputError(f"{file}: the file holds no tensors: not a LoRA")
+    ranks = [
+        entry["shape"][0]
+        for key, entry in tensors.items()
+        if key.endswith((".lora_A.weight", ".lora_down.weight")) and entry["shape"]
+    ]
+    lc = decode_lc_metadata(metadata)
+    adapter = _adapter_config(metadata.get(DIFFUSERS_ADAPTER_KEY))
+    other = {
+        k: v for k, v in metadata.items() if not k.startswith(PREFIX) and k != DIFFUSERS_ADAPTER_KEY
+    }
+    return LoraFileInfo(
+        str(file), file.stat().st_size, len(tensors), detect_format(list(tensors)),
+        max(ranks) if ranks else None, lc, adapter, other,
+    )  # fmt: skip
+
+
+def lora_fill(path: str | Path) -> str | None:
+    """The fill a LoRA file was trained with (`lc.fill`), or None if it records none.
+
+    Also None for a file that cannot be read: loading it reports that, with the reason.
+    """
+    try:
+        metadata, _ = read_safetensors_header(resolve_lora_file(path))
+    except LcError:
+        return None
+    return metadata.get(FILL_KEY)
+
+
+def _adapter_config(text: str | None) -> dict[str, Any] | None:
+    """diffusers' flattened peft config (`{"transformer.r": 4, ...}`), or None if absent/invalid."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _valid_entry(entry: Any, data_bytes: int) -> bool:
+    """Whether a tensor's header entry has a dtype, a shape and offsets inside the data."""
+    if not isinstance(entry, dict):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    return (
+        isinstance(entry.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and n >= 0 for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(n, int) for n in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_bytes
+    )
