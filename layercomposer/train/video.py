@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .. import limits
-from ..errors import InputError
+from ..errors import InputError, LcError
 from ..faces.types import Face
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts"}
@@ -91,7 +91,8 @@ def _import_av():
     try:
         import av
     except ImportError as exc:
-        raise InputError(f"reading videos needs PyAV ({exc})", hint=INSTALL_HINT) from None
+        # a missing package is the installation's failure (exit 1), not the input's
+        raise LcError(f"reading videos needs PyAV ({exc})", hint=INSTALL_HINT) from None
     return av
 
 
@@ -163,7 +164,7 @@ def decode_frames(
     MAX_VIDEO_PIXELS, and a decoding failure is an InputError naming the file and frame.
     """
     av = _import_av()
-    index = -1
+    index, start = -1, None
     try:
         with av.open(str(info.path), metadata_errors="ignore") as container:
             stream = container.streams.video[0]
@@ -178,7 +179,10 @@ def decode_frames(
                         f"{info.path}: frame {index} is {frame.width}x{frame.height} pixels, "
                         f"over lc's limit of {limits.MAX_VIDEO_PIXELS / 1e6:g} MP"
                     )
-                seconds = float(frame.time) if frame.time is not None else index / info.fps
+                # from the first frame: MPEG-TS and cut files start at any timestamp
+                stamp = float(frame.time) if frame.time is not None else index / info.fps
+                start = stamp if start is None else start
+                seconds = stamp - start
                 if seconds > limits.MAX_VIDEO_SECONDS:
                     raise limits.TooLargeError(
                         f"{info.path}: the video runs past {limits.MAX_VIDEO_SECONDS} s "
