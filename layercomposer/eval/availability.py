@@ -25,6 +25,7 @@ PYTHON_OPTIONS = {
     "vqascore": ("--vqascore-python", "LC_VQASCORE_PYTHON"),
     "hpsv3": ("--hpsv3-python", "LC_HPSV3_PYTHON"),
 }
+MIN_PYTHON = (3, 10)  # lc's own floor, for the worker it runs there
 INSTALL = {
     "vqascore": vqascore_adapter.INSTALL_HINT,
     "hpsv3": hpsv3_adapter.INSTALL_HINT,
@@ -80,6 +81,10 @@ def metric_status(
         answer = probe(python, package)
         if answer.problem:
             return MetricStatus(metric, False, where, answer.problem, f"fix {option}")
+        if answer.version and tuple(map(int, answer.version.split(".")[:2])) < MIN_PYTHON:
+            floor = ".".join(map(str, MIN_PYTHON))
+            problem = f"it is Python {answer.version}; lc's worker needs {floor} or newer"
+            return MetricStatus(metric, False, where, problem, f"a python {floor}+ environment")
         if not answer.found:
             return MetricStatus(
                 metric, False, where, f"{package} is not installed there",
@@ -90,8 +95,8 @@ def metric_status(
         return MetricStatus(metric, True, _here())
     return MetricStatus(
         metric, False, _here(), f"{package} is not installed",
-        f"{option} PATH (or {variable}) naming the python of an environment with it: "
-        f"{INSTALL[metric]}",
+        f"{option} PATH (or {variable}) naming the python of an environment with it "
+        f"({INSTALL[metric]})",
     )  # fmt: skip
 
 

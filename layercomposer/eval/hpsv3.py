@@ -14,8 +14,8 @@ from .adapters import batches, import_optional, resolve_device
 
 CHECKPOINT_REPO = "MizzenAI/HPSv3"
 INSTALL_HINT = (
-    'pip install "layercomposer[eval,hpsv3]" (in its own virtual environment: hpsv3 pins '
-    "transformers 4.45.2); see docs/evaluation.md"
+    'pip install "hpsv3>=1.0" in a virtual environment of its own (it pins transformers '
+    "4.45.2); see docs/evaluation.md"
 )
 
 

@@ -3,7 +3,8 @@
 Each score is keyed by everything it depends on (the metric, the model that computed it, the
 image's hash, and the prompt or the reference images), so a rerun computes only what is new,
 and scores made in different environments add up: VQAScore and HPSv3 pin incompatible
-libraries, so each runs in its own virtual environment against the same output folder.
+libraries, so each runs in its own virtual environment (started by lc, see external.py, or by
+hand) against the same output folder.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from .adapters import import_optional, resolve_device
 
 DEFAULT_MODEL = "clip-flant5-xxl"
 INSTALL_HINT = (
-    'pip install "layercomposer[eval,vqascore]" (in its own virtual environment: t2v_metrics '
-    "pins torch 2.5.1 and transformers 4.49) and ffmpeg; see docs/evaluation.md"
+    'pip install "t2v_metrics>=3.0" in a virtual environment of its own (it pins torch 2.5.1 '
+    "and transformers 4.49; it needs ffmpeg); see docs/evaluation.md"
 )
 
 
