@@ -92,15 +92,15 @@ def test_hpsv3_takes_mu_in_batches(fakes):
     assert scorer.variant == "hpsv3/MizzenAI/HPSv3"
 
 
-def test_missing_packages_say_which_extra_to_install(monkeypatch):
+def test_missing_packages_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "t2v_metrics", None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, "hpsv3", None)
     with pytest.raises(ModelError) as vqa:
         VQAScorer()
-    assert "t2v_metrics" in vqa.value.message and "layercomposer[eval,vqascore]" in vqa.value.hint
+    assert "t2v_metrics" in vqa.value.message and 'pip install "t2v_metrics>=3.0"' in vqa.value.hint
     with pytest.raises(ModelError) as hps:
         HPSv3Scorer()
-    assert "hpsv3" in hps.value.message and "layercomposer[eval,hpsv3]" in hps.value.hint
+    assert "hpsv3" in hps.value.message and 'pip install "hpsv3>=1.0"' in hps.value.hint
 
 
 def test_missing_weights_are_a_model_error_with_a_hint(monkeypatch, tmp_path):
