@@ -52,9 +52,10 @@ def frame(colour, layout) -> np.ndarray:
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-def clip_frames(still: int = 6) -> list[np.ndarray]:
-    """Shot 1: Collins walks right and grows, Hopper walks left. Hard cut. Shot 2: the other
-    way round on another background, the last `still` frames not moving."""
+def clip_frames(still: int = 6, blurred: int = 14) -> list[np.ndarray]:
+    """Shot 1: Collins walks right and grows, Hopper walks left; frame `blurred` out of focus.
+    Hard cut. Shot 2: the other way round on another background, the last `still` frames not
+    moving."""
     frames = []
     for i in range(SHOT_FRAMES):
         t = i / (SHOT_FRAMES - 1)
@@ -62,6 +63,8 @@ def clip_frames(still: int = 6) -> list[np.ndarray]:
     for i in range(SHOT_FRAMES):
         t = min(i, SHOT_FRAMES - still) / (SHOT_FRAMES - 1)
         frames.append(frame((200, 150, 90), [("hopper", int(125 + 25 * t), int(40 + 20 * t)), ("collins", int(150 - 20 * t), int(170 - 20 * t))]))  # fmt: skip
+    soft = Image.fromarray(frames[blurred]).filter(ImageFilter.GaussianBlur(1))
+    frames[blurred] = np.asarray(soft)
     return frames
 
 
@@ -305,10 +308,13 @@ def test_dropped_frames_are_reported_with_their_time(built):
     index = load_index(out)
     video_path = scenes / "walk.mp4"
     # shot 2 is sampled at 2.25, 2.75, 3.25 and 3.75 s; it stands still from 3.25 s
-    assert f"{video_path}@3.75s" in index.dropped["near-duplicate frame"]
-    assert "dropped: near-duplicate frame" in output
+    assert index.dropped["near-duplicate frame"] == [f"{video_path}@3.75s"]
+    # shot 1 at 0.25, 0.75, 1.25 and 1.75 s; the frame at 1.75 s is out of focus
+    assert index.dropped["face blurred"] == [f"{video_path}@1.75s"]
+    assert "dropped: near-duplicate frame" in output and "dropped: face blurred" in output
     kept = {image.file for scene in index.scenes for image in scene.images}
     assert "walk-shot002/f000030.png" not in kept and "walk-shot002/f000026.png" in kept
+    assert "walk-shot001/f000014.png" not in kept and "walk-shot001/f000010.png" in kept
 
 
 def test_resume_keeps_finished_videos(built, monkeypatch):
