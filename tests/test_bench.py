@@ -90,8 +90,8 @@ def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite)
     result = bench(suite)
     assert result.exit_code == 0, result.output
     (line,) = [x for x in result.output.splitlines() if "skipped metrics:" in x]
-    assert "vqascore (t2v_metrics is not installed; to enable: --vqascore-python PATH" in line
-    assert "hpsv3 (hpsv3 is not installed; to enable: --hpsv3-python PATH" in line
+    assert "vqascore (t2v_metrics is not installed: --vqascore-python PATH or LC_VQASCORE_" in line
+    assert "hpsv3 (hpsv3 is not installed: --hpsv3-python PATH or LC_HPSV3_PYTHON)" in line
     assert "identity" not in line.split("skipped metrics:")[1].split("(")[0]
     out = suite / "bench"
     suite_record = json.loads((out / "suite.json").read_text())

@@ -41,6 +41,7 @@ class MetricStatus:
     where: str  # "this python (/usr/bin/python3)", "/venvs/vqa/bin/python (--vqascore-python)"
     problem: str = ""  # why it cannot run
     enable: str = ""  # how to make it run
+    short: str = ""  # the gist of `enable`, for the one-line list of skipped metrics
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -49,6 +50,11 @@ class MetricStatus:
         """`vqascore (t2v_metrics is not installed; to enable: ...)`, on one line."""
         text = f"{self.metric} ({self.problem}; to enable: {self.enable})"
         return " ".join(text.split())
+
+    def brief(self) -> str:
+        """`vqascore (t2v_metrics is not installed: --vqascore-python PATH)`."""
+        problem = self.problem.split(";")[0]  # the first clause says what is missing
+        return " ".join(f"{self.metric} ({problem}: {self.short or self.enable})".split())
 
 
 def _here() -> str:
@@ -70,9 +76,11 @@ def metric_status(
                 if identity_backend != "dlib"
                 else ""
             )
-            return MetricStatus(
-                metric, False, f"{_here()}, {identity_backend} backend", exc.message, enable
+            short = "lc eval --check says where its files go" + (
+                ", or --identity-backend dlib" if identity_backend != "dlib" else ""
             )
+            where = f"{_here()}, {identity_backend} backend"
+            return MetricStatus(metric, False, where, exc.message, enable, short)
         return MetricStatus(metric, True, f"{_here()}, {identity_backend} backend")
     package = PACKAGES[metric]
     option, variable = PYTHON_OPTIONS[metric]
@@ -96,7 +104,7 @@ def metric_status(
     return MetricStatus(
         metric, False, _here(), f"{package} is not installed",
         f"{option} PATH (or {variable}) naming the python of an environment with it "
-        f"({INSTALL[metric]})",
+        f"({INSTALL[metric]})", f"{option} PATH or {variable}",
     )  # fmt: skip
 
 
@@ -126,4 +134,8 @@ def plan_metrics(
 
 def skipped_line(skipped: list[MetricStatus]) -> str:
     """One line naming the metrics skipped and how to enable each."""
-    return "skipped metrics: " + "; ".join(s.summary() for s in skipped)
+    return (
+        "skipped metrics: "
+        + "; ".join(s.brief() for s in skipped)
+        + " (`lc eval --check` for how to install each)"
+    )
