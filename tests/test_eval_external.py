@@ -178,3 +178,27 @@ def test_a_named_metric_that_cannot_run_stops_before_any_work(outputs, tmp_path)
     assert result.exit_code == 1 and "no such executable" in result.output
     assert not (tmp_path / "ev").exists()
     assert lc("eval").exit_code == 2  # no outputs and no --check
+
+
+def test_default_eval_runs_what_can_run_and_names_the_rest_in_one_line(
+    outputs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no InsightFace pack anywhere
+    monkeypatch.setenv("LC_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv("LC_VQASCORE_PYTHON", raising=False)
+    monkeypatch.delenv("LC_HPSV3_PYTHON", raising=False)
+    result = lc("eval", outputs, "-o", tmp_path / "ev", "--no-figure")
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if "skipped metrics:" in x]
+    for metric, how in (
+        ("identity", "--identity-backend dlib"),
+        ("vqascore", "--vqascore-python PATH"),
+        ("hpsv3", "--hpsv3-python PATH"),
+    ):
+        assert f"{metric} (" in line and how in line
+    assert all(
+        r["identity"] == "" and r["locked_layers"] == "0"
+        for r in rows(tmp_path / "ev" / "results.csv")
+    )
+    table = (tmp_path / "ev" / "results.md").read_text()
+    assert table.count("- Not measured:") == 3
