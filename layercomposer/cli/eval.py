@@ -28,8 +28,8 @@ from ._errors import EXIT_FAILURE, handled_errors, stderr
 MetricsOption = Annotated[
     str | None,
     typer.Option(
-        help=f"Comma-separated, from {', '.join(METRICS)} [default: every one that can run; "
-        "the others are named in one line]. identity: face similarity to each subject; "
+        help=f"Comma-separated, from {', '.join(METRICS)} (default: every one that can run; "
+        "the others are named in one line). identity: face similarity to each subject; "
         "vqascore, hpsv3: need their packages, here or in the environment of --vqascore-python "
         "/ --hpsv3-python; fidelity: locked layers' PSNR/SSIM. `lc eval --check` lists them.",
         show_default=False,
