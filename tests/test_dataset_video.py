@@ -269,6 +269,7 @@ def built(clip, tmp_path_factory):
     pytest.importorskip("dlib")
     scenes = tmp_path_factory.mktemp("sources")
     shutil.copy(clip, scenes / clip.name)  # videos beside a folder of photos
+    (scenes / "walk.txt").write_text("two colleagues walking past each other\n")
     photos = scenes / "photos"
     photos.mkdir()
     for i in (0, 5):
@@ -286,6 +287,7 @@ def test_a_video_with_a_cut_gives_two_scenes_with_the_right_people(built):
     embedder, references = reference_embeddings()
     for scene in index.scenes[1:]:
         assert len(scene.images) >= 2
+        assert {i.caption for i in scene.images} == {"two colleagues walking past each other"}
         who: dict[str, set[str]] = {}  # identity -> the people its faces are closest to
         for image in scene.images:
             pixels = index.rgba(image.file)[..., :3]

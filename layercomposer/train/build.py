@@ -23,7 +23,13 @@ from PIL import Image, ImageOps
 
 from ..errors import InputError, LcError
 from ..files import write_json_atomic, write_png_atomic
-from ..limits import TooLargeError, UnreadableImageError, open_image_bounded, read_json_bounded
+from ..limits import (
+    TooLargeError,
+    UnreadableImageError,
+    open_image_bounded,
+    read_bytes_bounded,
+    read_json_bounded,
+)
 from .dataset import (
     INDEX_VERSION,
     DatasetIndex,
@@ -38,6 +44,7 @@ from .video import VideoOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 SCENE_FILE = "scene.json"
+MAX_CAPTION_BYTES = 64 * 1024  # a caption is a sentence or two; the text encoder reads 512 tokens
 VIDEO_RECORD_SUFFIX = ".video.json"  # DATASET/<video stem>.video.json: the video's shots, done
 
 
@@ -122,6 +129,18 @@ class SceneImage:
 FaceCheck = Callable[[np.ndarray, list], "str | None"]
 
 
+def read_caption(source: Path) -> str | None:
+    """The caption in `<source stem>.txt` beside a photo or video, or None if there is none."""
+    caption_file = source.with_suffix(".txt")
+    if not caption_file.exists():
+        return None
+    data = read_bytes_bounded(caption_file, MAX_CAPTION_BYTES, "caption")
+    try:
+        return data.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise InputError(f"{caption_file}: a caption must be UTF-8 text") from None
+
+
 def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
     """Turn one scene folder of photos into layers under `out/<scene>/`; return its record."""
     result = SceneResult(folder.name, None)
@@ -135,9 +154,7 @@ def build_scene(folder: Path, out: Path, options: BuildOptions) -> SceneResult:
         except (UnreadableImageError, OSError, ValueError, SyntaxError):  # or a damaged EXIF
             result.drop("unreadable image", str(path))
             continue
-        caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text().strip() if caption_file.exists() else None
-        images.append(SceneImage(path.stem, str(path), pixels, caption, mask_source=path))
+        images.append(SceneImage(path.stem, str(path), pixels, read_caption(path), path))
     return compose_scene(result, str(folder), images, out, options)
 
 
@@ -301,8 +318,7 @@ def build_video(
 
     distances = video.cut_distances(info, frames_decoded)
     shots = video.find_shots(distances, settings.cut_threshold, min_shot_frames)
-    caption_file = path.with_suffix(".txt")
-    caption = caption_file.read_text().strip() if caption_file.exists() else None
+    caption = read_caption(path)
     number = {shot: k for k, shot in enumerate(shots, 1)}
     results: list[SceneResult] = []
     if not shots:
