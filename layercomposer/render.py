@@ -197,7 +197,8 @@ class Renderer:
         layers = self._layers(canvas)  # invalid images fail here, before any model work
         fill = resolve_fill(self.settings)
         told = self.warnings if fill.warning else self.notices
-        if fill.notice and fill.notice not in told:
+        # The collage is flattened over its own base colour: the fill is unused, say nothing.
+        if fill.notice and fill.notice not in told and self.settings.mode != "collage":
             told.append(fill.notice)
 
         self.load()
