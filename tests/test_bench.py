@@ -168,7 +168,7 @@ def test_priors_use_the_prompt_as_given_and_try_next_seeds_for_enough_faces(tmp_
     prompts = ["two people reading", "two people cooking"]
     pipes, detectors = [], []
     # Prompt 0 shows 1 face at seed 0 and 2 at seed 1; prompt 1 never shows 2 faces.
-    faces = {(0, 0): 1, (0, 1): 2, (1, 0): 0, (1, 1): 1, (1, 2): 1}
+    faces = {(0, 0): 1, (0, 1): 2, (1, 0): 0, (1, 1): 1, (1, 2): 1, (1, 3): 2}
     monkeypatch.setattr(
         bench_module, "_load_prior_pipeline", lambda s: pipes.append(FakeFlux(prompts)) or pipes[-1]
     )
@@ -202,8 +202,14 @@ def test_priors_use_the_prompt_as_given_and_try_next_seeds_for_enough_faces(tmp_
     assert len(pipes) == 1 and again == paths  # both kept: nothing loaded
     assert failures_again == failures  # a recorded failure is still a failure
     assert bench_module._priors(cases, replace(request, fallback="grid"), None)[1] == {}
+    # More tries: the prior that had enough faces is kept, the failed one is tried further.
+    _, failures_more = bench_module._priors(cases, replace(request, prior_seeds=5), None)
+    assert failures_more == {} and len(pipes) == 2
+    assert [(prompts.index(c["prompt"]), c["generator"].initial_seed()) for c in pipes[1].calls] == [
+        (1, 0), (1, 1), (1, 2), (1, 3),
+    ]  # fmt: skip
     bench_module._priors(cases, replace(request, prior_prompt="rewrite"), None)
-    assert len(pipes) == 2 and pipes[1].calls[0]["prompt"] == (
+    assert len(pipes) == 3 and pipes[2].calls[0]["prompt"] == (
         "two people reading. A group photo of 2 people side by side, every face clearly "
         "visible, looking at the camera."
     )

@@ -267,6 +267,10 @@ def _priors(
                 "detector": request.detector, "faces_needed": people,
             }  # fmt: skip
             made = _same_record(target, record)
+            if made is None:  # made with another number of tries: kept if its seed still counts
+                earlier = _same_record(target, {k: v for k, v in record.items() if k != "seeds"})
+                if earlier is not None and _still_valid(earlier, record["seeds"]):
+                    made = earlier
             if made is None:
                 if detector is None:  # first: it fails faster than the prior model loads
                     detector = open_detector(request.detector, download=request.download_models)
@@ -288,6 +292,18 @@ def _priors(
     del pipe
     _free_memory()
     return paths, failures
+
+
+def _still_valid(saved: dict[str, Any], seeds: list[int]) -> bool:
+    """Whether a prior made with other tries still answers `seeds` (first, tries): its seed
+    is among them, or it failed trying exactly these."""
+    first, tries = seeds
+    saved_first, saved_tries = saved.get("seeds") or (None, None)
+    if saved_first != first:
+        return False
+    if saved.get("seed") is not None:
+        return first <= saved["seed"] < first + tries
+    return saved_tries == tries
 
 
 def _generate_with_faces(pipe, detector, record: dict[str, Any], target: Path) -> dict[str, Any]:
