@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ._common import SetOption
+from ._common import JsonOption, SetOption
 from ._errors import handled_errors, stderr
 
 
@@ -24,6 +25,38 @@ def train_cli(
         bool, typer.Option(help="Continue from the run folder's latest checkpoint.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Print the config's memory per GPU and time per step, counted from the model's "
+            "architecture (no weights are loaded), and exit.",
+        ),
+    ] = False,
+    gpus: Annotated[
+        int, typer.Option(min=1, help="--estimate: processes (GPUs) the run is launched on.")
+    ] = 1,
+    device_tflops: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="--estimate: the bf16 rate one GPU sustains, TFLOP/s (default: an H100 SXM's, "
+            "~40% of its 989 peak; an L40S or RTX 4090 sustains roughly 150).",
+        ),
+    ] = 400.0,
+    resolution: Annotated[
+        int | None,
+        typer.Option(
+            min=16, help="--estimate: image size (default: the dataset's if it exists, else 512)."
+        ),
+    ] = None,
+    conditioning_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="--estimate: layer tokens per example (default: one canvas' worth)."
+        ),
+    ] = None,
+    json_: JsonOption = False,
 ):
     """Train a LoRA with locking-aware sampling and the flow-matching loss.
 
@@ -34,12 +67,32 @@ def train_cli(
     Examples:
         lc train configs/tiny.yaml --set data.path=data/tiny --set output_dir=runs/tiny
         lc train configs/flux-kontext.yaml --resume
+        lc train configs/flux-kontext-1gpu.yaml --estimate
+        lc train configs/flux-kontext.yaml --estimate --gpus 8 --json
     """
     with handled_errors():
         from ..train.config import load_train_config
-        from ..train.trainer import StepReport, Trainer
 
         loaded = load_train_config(config, set_ or ())
+        if estimate:
+            from ..train.architecture import model_architecture
+            from ..train.estimate import estimate as estimate_budget
+
+            budget = estimate_budget(
+                loaded,
+                model_architecture(loaded.model, loaded.revision),
+                resolution=resolution or _dataset_resolution(loaded.data.path),
+                conditioning_tokens=conditioning_tokens,
+                gpus=gpus,
+                device_tflops=device_tflops,
+            )
+            if json_:
+                print(json.dumps(budget.to_dict()))
+            else:
+                _print_estimate(budget)
+            return
+        from ..train.trainer import StepReport, Trainer
+
         if quiet or not sys.stderr.isatty():
 
             def report(step: StepReport) -> None:
@@ -67,3 +120,55 @@ def train_cli(
 
                 final = Trainer(loaded, resume=resume, on_step=report).run()
         stderr.print(f"wrote {escape(str(final))}")
+
+
+def _dataset_resolution(path: str) -> int:
+    """The dataset's image size, or 512 (the method's) when there is no dataset yet."""
+    from ..errors import LcError
+    from ..train.dataset import load_index
+
+    try:
+        return load_index(path).resolution
+    except LcError:
+        return 512
+
+
+def _print_estimate(budget) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..train.estimate import GB
+
+    tokens = budget.tokens
+    table = Table(
+        title=f"{budget.model} at {budget.resolution}x{budget.resolution}: memory per GPU",
+        title_justify="left",
+    )
+    table.add_column("item")
+    table.add_column("GB", justify="right")
+    table.add_column("note")
+    for item in budget.memory:
+        table.add_row(item.name, f"{item.bytes / GB:.2f}", escape(item.note))
+    table.add_row("total", f"{budget.total_bytes / GB:.1f}", "", style="bold")
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(table)
+    params = budget.parameters
+    out.print(
+        f"parameters: transformer {params['transformer'] / 1e9:.2f} B, "
+        f"LoRA {params['lora'] / 1e9:.3f} B, T5 {params['text_encoder_2'] / 1e9:.2f} B, "
+        f"CLIP {params['text_encoder'] / 1e6:.0f} M, VAE {params['vae'] / 1e6:.0f} M"
+    )
+    out.print(
+        f"tokens per example: {tokens.noisy:,} noisy + {tokens.conditioning:,} conditioning "
+        f"+ {tokens.text:,} text"
+    )
+    hours = budget.steps * budget.seconds_per_step / 3600
+    out.print(
+        f"time: {budget.flops_per_example / 1e12:.0f} TFLOP per example x {budget.batch_size} "
+        f"per GPU = {budget.seconds_per_step:.2f} s per step at {budget.device_tflops:g} TFLOP/s "
+        f"(global batch {budget.global_batch} on {budget.gpus} GPU"
+        f"{'s' if budget.gpus > 1 else ''}); {budget.steps:,} steps: {hours:,.1f} h "
+        f"({hours / 24:.1f} days)"
+    )
+    for line in budget.assumptions:
+        out.print(f"assumed: {escape(line)}")
