@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ModelError, UsageError
 
@@ -20,9 +21,24 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, so `lc validate` 
     from .speed import SpeedOptions
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
+QWEN_EDIT_MODEL = "Qwen/Qwen-Image-Edit"  # lc bench's qwen-image-edit baseline
 TINY_MODEL_ID = "builtin:tiny"
 Offload = Literal["none", "model", "sequential"]
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """Which family a model option loads, for the messages that say how to get its weights."""
+
+    name: str  # "FLUX.1"
+    example: str  # a hub id to suggest
+    option: str  # the command-line option that names the model
+    gated: bool  # the hub asks users to accept a licence before downloading
+
+
+FLUX_KIND = ModelKind("FLUX.1", DEFAULT_MODEL, "--model", gated=True)
+QWEN_EDIT_KIND = ModelKind("Qwen-Image-Edit", QWEN_EDIT_MODEL, "--qwen-model", gated=False)
 
 
 @dataclass(frozen=True)
@@ -79,12 +95,15 @@ def load_pipeline(
     attention_backend: str | None = None,
     pipeline_class=None,
     speed: SpeedOptions | None = None,
+    tiny_components: Callable[[], dict[str, Any]] | None = None,
+    kind: ModelKind = FLUX_KIND,
 ):
     """Return a ready `LayerComposerPipeline` and the `ModelInfo` that describes its weights.
 
     `pipeline_class` loads another FLUX pipeline the same way (`lc autolayout`'s prior uses
     diffusers' `FluxPipeline`; builtin:tiny has the same components). `speed` compiles, caches
-    or quantizes the transformer (see speed.py).
+    or quantizes the transformer (see speed.py). Another family's pipeline (see
+    `load_qwen_edit_pipeline`) names its own builtin:tiny components and its `kind`.
     """
     import torch
 
@@ -95,12 +114,14 @@ def load_pipeline(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if model == TINY_MODEL_ID:
-        pipe = (pipeline_class or LayerComposerPipeline)(**tiny_kontext_components())
+        pipe = (pipeline_class or LayerComposerPipeline)(
+            **(tiny_components or tiny_kontext_components)()
+        )
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
         info = ModelInfo(model, "builtin", None, None, None, random_weights=True)
     else:
-        pipe, info = _from_pretrained(model, revision, torch_dtype, pipeline_class)
+        pipe, info = _from_pretrained(model, revision, torch_dtype, pipeline_class, kind)
     pipe.cache_namespace = f"{info.id}@{info.revision or info.config_sha256 or ''}"
     pipe.set_progress_bar_config(disable=True)
 
@@ -127,7 +148,37 @@ def load_pipeline(
     return pipe, info
 
 
-def _from_pretrained(model: str, revision: str | None, torch_dtype, pipeline_class=None):
+def load_qwen_edit_pipeline(
+    model: str = QWEN_EDIT_MODEL,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    offload: Offload = "none",
+):
+    """Return diffusers' `QwenImageEditPipeline` and the `ModelInfo` of its weights.
+
+    Resolved like `lc render`'s model: a hub id (through the Hugging Face cache, honouring
+    `HF_HUB_OFFLINE`), a local diffusers folder, or builtin:tiny (random weights, see tiny_qwen).
+    """
+    from diffusers import QwenImageEditPipeline
+
+    from .tiny_qwen import tiny_qwen_edit_components
+
+    try:
+        return load_pipeline(
+            model, revision, dtype, device, offload, pipeline_class=QwenImageEditPipeline,
+            tiny_components=tiny_qwen_edit_components, kind=QWEN_EDIT_KIND,
+        )  # fmt: skip
+    except ImportError as exc:  # transformers' Qwen2-VL video processor needs torchvision
+        raise ModelError(
+            f"cannot load {model}: its processor needs a package that is missing ({_first_line(exc)})",
+            hint="pip install torchvision, the build made for your torch version",
+        ) from None
+
+
+def _from_pretrained(
+    model: str, revision: str | None, torch_dtype, pipeline_class=None, kind: ModelKind = FLUX_KIND
+):
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -144,13 +195,15 @@ def _from_pretrained(model: str, revision: str | None, torch_dtype, pipeline_cla
         what = "does not exist" if not folder.exists() else "has no model_index.json"
         raise ModelError(
             f"model folder {folder} {what}",
-            hint="pass a diffusers folder of a FLUX.1 model, a hub id such as "
-            f"{DEFAULT_MODEL}, or builtin:tiny for a random-weight test model",
+            hint=f"pass a diffusers folder of a {kind.name} model, a hub id such as "
+            f"{kind.example}, or builtin:tiny for a random-weight test model",
         )
+    download = f"download it with `hf download {model}` (or point {kind.option} at a local copy)"
     gated_hint = (
         f"{model} is gated: accept its licence on https://huggingface.co/{model}, log in with "
-        f"`hf auth login`, then download it with `hf download {model}` (or point --model at a "
-        "local copy)"
+        f"`hf auth login`, then {download}"
+        if kind.gated
+        else download
     )
     try:
         pipe = (pipeline_class or LayerComposerPipeline).from_pretrained(
@@ -188,6 +241,35 @@ def _from_pretrained(model: str, revision: str | None, torch_dtype, pipeline_cla
         False,
     )
     return pipe, info
+
+
+def fetch_lora(spec: str, option: str = "--lora") -> str:
+    """A LoRA's local file or folder: `spec` itself, or a hub id's `.safetensors` files, read
+    through the Hugging Face cache (honouring `HF_HUB_OFFLINE`) into a folder `load_lora` reads.
+
+    A `spec` that is neither an existing path nor shaped like `owner/name` is returned unchanged,
+    for `load_lora` to report as missing.
+    """
+    local = Path(spec).expanduser()
+    looks_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if local.exists() or not looks_hub or local.suffix.lower() == ".safetensors":
+        return spec
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    hint = f"download it with `hf download {spec}`, or pass {option} a local .safetensors file"
+    try:
+        return snapshot_download(spec, allow_patterns=["*.safetensors"])
+    except GatedRepoError:
+        raise ModelError(f"no access to the LoRA {spec}", hint=hint) from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"no LoRA {spec!r} on the hub, nor a local file", hint=hint) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:  # LocalEntryNotFoundError is an OSError
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else _first_line(exc)
+        raise ModelError(
+            f"cannot load the LoRA {spec}: it is not in the Hugging Face cache ({why})", hint=hint
+        ) from None
 
 
 def _find_model_index(local: str | None, pipe) -> Path | None:

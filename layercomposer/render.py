@@ -55,6 +55,8 @@ class RenderSettings:
     first_block_cache: float | None = None  # threshold; None: off
     quantize: str = "none"
     fill: str = "auto"  # black | grey | auto: the LoRA's recorded fill, else black
+    # Put before the canvas's prompt (lc bench's overlay-kontext: "Place it. "); recorded.
+    prompt_prefix: str = ""
 
     def speed_options(self):
         """The transformer speed options as `speed.SpeedOptions` (validated)."""
@@ -210,7 +212,7 @@ class Renderer:
         generator = torch.Generator("cpu").manual_seed(seed)
         try:
             output = self.pipe(
-                prompt=canvas.spec.prompt,
+                prompt=self.settings.prompt_prefix + canvas.spec.prompt,
                 layers=layers,
                 mode=self.settings.mode,
                 num_inference_steps=canvas.spec.steps,
@@ -275,13 +277,7 @@ def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[s
         digest = sha256_file(settings.lora) if Path(settings.lora).is_file() else None
         lora = {"path": settings.lora, "sha256": digest, "scale": settings.lora_scale}
     return {
-        "canvas": {
-            "path": str(canvas.path),
-            "sha256": canvas.sha256,
-            "overrides": list(canvas.overrides),
-            "resolved": canvas.spec.model_dump(mode="json"),
-        },
-        "images": image_file_hashes(canvas),
+        **canvas_inputs(canvas),
         "model": settings.model,
         "revision": settings.revision,
         "lora": lora,
@@ -292,6 +288,22 @@ def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[s
         "dtype": settings.dtype,
         "device": settings.device,
         **({"speed": speed} if (speed := settings.speed_inputs()) else {}),
+        # Only when set, so that other manifests keep their inputs hash (and --resume works).
+        **({"prompt_prefix": prefix} if (prefix := settings.prompt_prefix) else {}),
+    }
+
+
+def canvas_inputs(canvas: Canvas) -> dict[str, Any]:
+    """The canvas part of a render's inputs (what `lc eval` reads): the resolved canvas and the
+    SHA-256 of its input images."""
+    return {
+        "canvas": {
+            "path": str(canvas.path),
+            "sha256": canvas.sha256,
+            "overrides": list(canvas.overrides),
+            "resolved": canvas.spec.model_dump(mode="json"),
+        },
+        "images": image_file_hashes(canvas),
     }
 
 
@@ -441,6 +453,11 @@ def rerender_manifest(
     """Render a manifest's inputs again into `out_dir`, and compare with the recorded output."""
     manifest = read_manifest(manifest_path)
     inputs = manifest["inputs"]
+    if "pipeline" in inputs:  # another pipeline's output, e.g. lc bench's qwen-image-edit
+        raise UsageError(
+            f"{manifest_path} was made by {inputs['pipeline']}, not by lc render",
+            hint="run the lc bench command that made it again (it resumes what is unchanged)",
+        )
     recorded_canvas = inputs["canvas"]
     spec = CanvasSpec.model_validate(recorded_canvas["resolved"])
     canvas = Canvas(
@@ -462,6 +479,7 @@ def rerender_manifest(
         model=inputs["model"], revision=inputs["revision"], lora=lora.get("path"),
         lora_scale=lora.get("scale", 1.0), mode=inputs["mode"], encode=inputs["encode"],
         dtype=inputs["dtype"], device=inputs["device"], fill=inputs.get("fill", LEGACY_FILL),
+        prompt_prefix=inputs.get("prompt_prefix", ""),
         **{**SPEED_DEFAULTS, **inputs.get("speed", {})},
     )  # fmt: skip
     recorded_image = Path(manifest_path).parent / manifest["output"]["image"]

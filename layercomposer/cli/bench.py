@@ -11,11 +11,19 @@ from rich.markup import escape
 
 from ..autolayout import PriorSettings
 from ..autolayout.prior import DEFAULT_PRIOR_MODEL, PROMPT_MODES
+from ..baselines import OVERLAY_LORA, QwenEditSettings
 from ..errors import UsageError
-from ..eval.bench import DEFAULT_PRIOR_SEEDS, METHODS, SUITES, BenchRequest, run_bench
+from ..eval.bench import (
+    DEFAULT_METHODS,
+    DEFAULT_PRIOR_SEEDS,
+    METHODS,
+    SUITES,
+    BenchRequest,
+    run_bench,
+)
 from ..eval.heads import HEAD_MARGIN
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
-from ..models import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, QWEN_EDIT_MODEL
 from ..render import RenderSettings
 from ._common import parse_size
 from ._errors import EXIT_FAILURE, handled_errors, stderr
@@ -48,8 +56,12 @@ def bench_cli(
         typer.Option(help="One prompt per line (default: benchmarks/prompts/<suite>.txt)."),
     ] = None,
     methods: Annotated[
-        str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")
-    ] = ",".join(METHODS),
+        str | None,
+        typer.Option(
+            help=f"Comma-separated: {', '.join(METHODS)} (default: all four for 4p, "
+            "layered,collage for 1p and 2p)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Output folder (default: bench/<suite>).")
     ] = None,
@@ -61,6 +73,20 @@ def bench_cli(
         str | None, typer.Option(help="LayerComposer LoRA for the layered method.")
     ] = None,
     lora_scale: Annotated[float, typer.Option("--lora-scale", help="LoRA strength.")] = 1.0,
+    overlay_lora: Annotated[
+        str,
+        typer.Option(
+            "--overlay-lora",
+            help="The overlay-kontext method's LoRA: a .safetensors file, a folder or a hub id.",
+        ),
+    ] = OVERLAY_LORA,
+    qwen_model: Annotated[
+        str,
+        typer.Option(
+            "--qwen-model",
+            help="The qwen-image-edit method's model: hub id, local folder, or builtin:tiny.",
+        ),
+    ] = QWEN_EDIT_MODEL,
     priors: Annotated[
         Path | None,
         typer.Option(
@@ -148,7 +174,10 @@ def bench_cli(
             --identity-backend dlib
     """
     with handled_errors():
-        method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if methods is None:
+            method_list = DEFAULT_METHODS.get(suite, METHODS[:2])
+        else:
+            method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
         if not method_list:
             raise UsageError("--methods: name at least one method")
         request = BenchRequest(
@@ -157,6 +186,8 @@ def bench_cli(
             render=RenderSettings(model=model, revision=revision, lora=lora,
                                   lora_scale=lora_scale, dtype=dtype, device=device,
                                   offload=offload),
+            overlay_lora=overlay_lora,
+            qwen=QwenEditSettings(model=qwen_model, dtype=dtype, device=device, offload=offload),
             priors=priors,
             prior_settings=PriorSettings(model=prior_model, device=device, dtype=dtype,
                                          offload=offload),

@@ -31,6 +31,7 @@ from ..autolayout import AutolayoutRequest, PriorSettings, autolayout
 from ..autolayout.inputs import read_image
 from ..autolayout.layout import MIN_SUBJECT_FACE_PX
 from ..autolayout.prior import PROMPT_MODES, check_size, prior_text
+from ..baselines import OVERLAY_LORA, QwenEditRenderer, QwenEditSettings, overlay_settings
 from ..errors import InputError, UsageError
 from ..faces.detect import open_detector
 from ..files import sha256_file, write_json_atomic, write_png_atomic
@@ -45,7 +46,11 @@ from .published import TABLE_1
 from .run import EvalReport, check_eval, run_eval
 
 SUITES: dict[str, int] = {"1p": 1, "2p": 2, "4p": 4}
-METHODS: tuple[str, ...] = ("layered", "collage")
+# layered: LayerComposer; the rest are the 4P baselines diffusers runs, on the collage (see
+# baselines.py): stock Kontext, Kontext + the Overlay LoRA, Qwen-Image-Edit.
+METHODS: tuple[str, ...] = ("layered", "collage", "overlay-kontext", "qwen-image-edit")
+# The paper's 4P baselines are all runnable; for 1P and 2P only stock Kontext is.
+DEFAULT_METHODS: dict[str, tuple[str, ...]] = {"1p": METHODS[:2], "2p": METHODS[:2], "4p": METHODS}
 DEFAULT_PRIOR_SEEDS = 4  # priors tried per case (seeds seed .. seed+3) for enough faces
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PROMPTS_DIR = Path("benchmarks/prompts")
@@ -75,8 +80,10 @@ class BenchRequest:
     identities: Path
     output: Path
     prompts: Path | None = None  # None: benchmarks/prompts/<suite>.txt
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = METHODS[:2]
     render: RenderSettings = field(default_factory=RenderSettings)  # mode set per method
+    overlay_lora: str = OVERLAY_LORA  # overlay-kontext's LoRA: a file, a folder or a hub id
+    qwen: QwenEditSettings = field(default_factory=QwenEditSettings)  # qwen-image-edit's model
     priors: Path | None = None  # a folder of prior images (or one image); None: generate
     prior_settings: PriorSettings = field(default_factory=PriorSettings)
     size: tuple[int, int] | None = None
@@ -184,6 +191,9 @@ def run_bench(
     evaluation, skipped = check_eval(request.evaluation, request.figures)
     if skipped and warn:
         warn(skipped_line(skipped))
+    if "overlay-kontext" in request.methods:  # a missing LoRA stops the run before any work
+        lora = overlay_settings(request.render, request.overlay_lora).lora
+        request = replace(request, overlay_lora=lora)
 
     out = request.output
     out.mkdir(parents=True, exist_ok=True)
@@ -482,14 +492,15 @@ def _render_all(canvases: list[Path], request: BenchRequest, progress) -> dict[s
     results: dict[str, list[RenderResult]] = {}
     loaded = None  # (pipe, model info) to hand to the next method
     for method in request.methods:
-        # The method's LoRA is the LayerComposer one; the collage baseline is stock Kontext.
-        lora = request.render.lora if method == "layered" else None
-        if lora is not None and loaded is not None:
-            loaded = None  # a LoRA changes the weights: this method loads its own copy
-            _free_memory()
-        renderer = Renderer(replace(request.render, mode=method, lora=lora))
-        if loaded is not None:
+        renderer = _method_renderer(method, request)
+        # Stock Kontext is shared by the methods without a LoRA; any other weights are loaded
+        # for their method alone, after the last method's are freed.
+        shares = isinstance(renderer, Renderer) and renderer.settings.lora is None
+        if loaded is not None and shares:
             renderer.pipe, renderer.model_info = loaded
+        elif loaded is not None:
+            loaded = None
+            _free_memory()
         done = [0]
 
         def on_result(_: RenderResult, method=method, done=done) -> None:
@@ -502,12 +513,25 @@ def _render_all(canvases: list[Path], request: BenchRequest, progress) -> dict[s
             overrides=(f"steps={request.steps}",) if request.steps else (),
             seed=request.seed, resume=True, on_result=on_result,
         )  # fmt: skip
-        shareable = renderer.pipe is not None and lora is None
-        loaded = (renderer.pipe, renderer.model_info) if shareable else None
+        shared = shares and renderer.pipe is not None
+        loaded = (renderer.pipe, renderer.model_info) if shared else None
         del renderer
+        if loaded is None:
+            _free_memory()  # before the next method loads its weights
     del loaded
     _free_memory()  # the metrics get the GPU memory back
     return results
+
+
+def _method_renderer(method: str, request: BenchRequest) -> Renderer | QwenEditRenderer:
+    """The renderer of one method; see METHODS."""
+    if method == "qwen-image-edit":
+        return QwenEditRenderer(request.qwen)
+    if method == "overlay-kontext":
+        return Renderer(overlay_settings(request.render, request.overlay_lora))
+    # layered's LoRA is the LayerComposer one; the collage baseline is stock Kontext.
+    lora = request.render.lora if method == "layered" else None
+    return Renderer(replace(request.render, mode=method, lora=lora))
 
 
 def _free_memory() -> None:
