@@ -50,11 +50,14 @@ QWEN_NEGATIVE_PROMPT = " "
 def overlay_settings(base: RenderSettings, lora: str = OVERLAY_LORA) -> RenderSettings:
     """`base` as the overlay-kontext baseline: collage mode, the Overlay LoRA (a file, a folder
     or a hub id, fetched now so that a missing LoRA stops the run before any render), and the
-    trigger phrase before the prompt."""
+    trigger phrase before the prompt. `base`'s LoRA scale is the LayerComposer LoRA's: the
+    Overlay LoRA is applied at 1, as its card uses it."""
     from .lora import resolve_lora_file
 
     file = resolve_lora_file(fetch_lora(lora, "--overlay-lora"))
-    return replace(base, mode="collage", lora=str(file), prompt_prefix=OVERLAY_PREFIX)
+    return replace(
+        base, mode="collage", lora=str(file), lora_scale=1.0, prompt_prefix=OVERLAY_PREFIX
+    )
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,8 @@ def test_overlay_kontext_puts_place_it_before_the_prompt_and_loads_the_lora(
 
     monkeypatch.setattr(LayerComposerPipeline, "__call__", spy)
     canvas = load_canvas(wide_canvas)
-    settings = overlay_settings(RenderSettings(**TINY), str(tiny_lora))
+    # --lora-scale is the LayerComposer LoRA's; the Overlay LoRA is applied at 1.
+    settings = overlay_settings(RenderSettings(**TINY, lora_scale=0.5), str(tiny_lora))
     overlay = Renderer(settings)
     result = overlay.render(canvas, 0, tmp_path / "overlay")
     stock = Renderer(RenderSettings(**TINY, mode="collage")).render(canvas, 0, tmp_path / "stock")
@@ -189,6 +190,7 @@ def test_overlay_kontext_puts_place_it_before_the_prompt_and_loads_the_lora(
     manifest = json.loads(Path(result.manifest).read_text())
     assert manifest["inputs"]["prompt_prefix"] == "Place it. "
     assert manifest["lora"]["sha256"] == sha256_file(tiny_lora)
+    assert manifest["lora"]["scale"] == 1.0
     assert manifest["mode_used"] == "collage"
     ours, theirs = (np.asarray(Image.open(r.image), np.int16) for r in (result, stock))
     assert np.abs(ours - theirs).max() > 0  # the LoRA and the prefix change the image
