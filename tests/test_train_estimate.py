@@ -216,10 +216,10 @@ def estimate_json(config: str, *options: str) -> dict:
 
 def test_the_one_gpu_config_fits_48_gb_and_the_eight_gpu_config_is_the_papers():
     one = estimate_json("flux-kontext-1gpu.yaml", "--resolution", "512")
-    assert one["total_bytes"] < 48e9 and one["gpus"] == 1 and one["global_batch"] == 32
+    assert one["peak_bytes"] < 48e9 and one["gpus"] == 1 and one["global_batch"] == 32
     eight = estimate_json("flux-kontext.yaml", "--gpus", "8", "--resolution", "512")
     assert round(eight["parameters"]["lora"] / 1e9, 2) == 0.84  # the docs' figure
-    assert eight["global_batch"] == 32 and eight["total_bytes"] < 80e9  # an 80 GB H100
+    assert eight["global_batch"] == 32 and eight["peak_bytes"] < 80e9  # an 80 GB H100
     no_checkpoints = estimate_json(
         "flux-kontext.yaml", "--set", "train.gradient_checkpointing=false", "--resolution", "512"
     )
@@ -254,3 +254,13 @@ def test_a_local_diffusers_folder_is_read_from_its_config_files(tmp_path):
     local, known = model_architecture(str(tmp_path)), model_architecture(KONTEXT)
     assert local.linears == known.linears
     assert local.text_encoder_2_parameters == known.text_encoder_2_parameters
+
+
+def test_the_dataset_gives_the_resolution_and_the_cached_captions(tmp_path):
+    from train_data import make_dataset
+
+    make_dataset(tmp_path, resolution=64)
+    budget = estimate_json("tiny.yaml", "--set", f"data.path={tmp_path}")
+    assert budget["resolution"] == 64 and budget["tokens"]["noisy"] == 16
+    cache = {item["item"]: item for item in budget["memory"]}["text embedding cache"]
+    assert cache["note"].startswith("1 distinct captions")

@@ -78,13 +78,15 @@ def train_cli(
             from ..train.architecture import model_architecture
             from ..train.estimate import estimate as estimate_budget
 
+            dataset_resolution, captions = _dataset_facts(loaded.data.path)
             budget = estimate_budget(
                 loaded,
                 model_architecture(loaded.model, loaded.revision),
-                resolution=resolution or _dataset_resolution(loaded.data.path),
+                resolution=resolution or dataset_resolution,
                 conditioning_tokens=conditioning_tokens,
                 gpus=gpus,
                 device_tflops=device_tflops,
+                captions=captions,
             )
             if json_:
                 print(json.dumps(budget.to_dict()))
@@ -122,15 +124,17 @@ def train_cli(
         stderr.print(f"wrote {escape(str(final))}")
 
 
-def _dataset_resolution(path: str) -> int:
-    """The dataset's image size, or 512 (the method's) when there is no dataset yet."""
+def _dataset_facts(path: str) -> tuple[int, int | None]:
+    """The dataset's image size and distinct captions; (512, None) when there is no dataset yet."""
     from ..errors import LcError
     from ..train.dataset import load_index
 
     try:
-        return load_index(path).resolution
+        index = load_index(path)
     except LcError:
-        return 512
+        return 512, None
+    captions = {image.caption for scene in index.scenes for image in scene.images}
+    return index.resolution, len(captions)
 
 
 def _print_estimate(budget) -> None:
@@ -150,6 +154,11 @@ def _print_estimate(budget) -> None:
     for item in budget.memory:
         table.add_row(item.name, f"{item.bytes / GB:.2f}", escape(item.note))
     table.add_row("total", f"{budget.total_bytes / GB:.1f}", "", style="bold")
+    if budget.load_bytes > budget.total_bytes:
+        table.add_row(
+            "peak while loading", f"{budget.load_bytes / GB:.1f}", "bf16 weights before int8",
+            style="bold",
+        )  # fmt: skip
     out = Console(highlight=False, soft_wrap=True)
     out.print(table)
     params = budget.parameters

@@ -70,11 +70,18 @@ class Estimate:
     gpus: int
     steps: int
     device_tflops: float
+    load_bytes: float  # on the GPU while loading: the transformer in bf16, before quantization
     assumptions: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> float:
+        """Memory per GPU during training."""
         return sum(item.bytes for item in self.memory)
+
+    @property
+    def peak_bytes(self) -> float:
+        """The most the GPU holds at any time: training or loading."""
+        return max(self.total_bytes, self.load_bytes)
 
     @property
     def seconds_per_step(self) -> float:
@@ -100,6 +107,8 @@ class Estimate:
                 for item in self.memory
             ],
             "total_bytes": round(self.total_bytes),
+            "load_bytes": round(self.load_bytes),
+            "peak_bytes": round(self.peak_bytes),
             "flops_per_example": self.flops_per_example,
             "device_tflops": self.device_tflops,
             "batch_size": self.batch_size,
@@ -280,6 +289,13 @@ def training_flops(
     )
 
 
+def text_embedding_bytes(arch: Architecture, text_tokens: int) -> float:
+    """Bytes of one caption's cached T5 and CLIP embeddings and text ids, in bf16."""
+    widths = {s.name: s.in_features for s in arch.linears}
+    t5, pooled = widths["context_embedder"], widths["time_text_embed.text_embedder.linear_1"]
+    return 2.0 * (text_tokens * (t5 + 3) + pooled)
+
+
 # --- the budget ---------------------------------------------------------------------------------
 
 
@@ -290,8 +306,13 @@ def estimate(
     conditioning_tokens: int | None = None,
     gpus: int = 1,
     device_tflops: float = H100_SUSTAINED_TFLOPS,
+    captions: int | None = None,
 ) -> Estimate:
-    """The memory per GPU and time per step of `config` on a CUDA GPU (bf16 base weights)."""
+    """The memory per GPU and time per step of `config` on a CUDA GPU (bf16 base weights).
+
+    `captions`: distinct captions in the dataset, whose text embeddings `train.cache_text` keeps
+    on the GPU (None: unknown, left out and said so).
+    """
     noisy = (resolution // 16) ** 2
     tokens = Tokens(noisy, noisy if conditioning_tokens is None else conditioning_tokens)
     rank = config.lora.rank
@@ -343,6 +364,16 @@ def estimate(
             "CUDA context, workspaces, fragmentation (assumed)",
         ),
     ]
+    caption_bytes = text_embedding_bytes(arch, tokens.text)
+    if train.cache_text and captions is not None:
+        items.append(
+            MemoryItem(
+                "text embedding cache",
+                captions * caption_bytes,
+                f"{captions:,} distinct captions x {caption_bytes / 1e6:.1f} MB",
+            )
+        )
+    load = base_weight_bytes(arch, "none") + items[1].bytes + items[2].bytes
     return Estimate(
         model=config.model,
         resolution=resolution,
@@ -360,11 +391,19 @@ def estimate(
         gpus=gpus,
         steps=train.steps,
         device_tflops=device_tflops,
+        load_bytes=load + RUNTIME_OVERHEAD_BYTES,
         assumptions=[
             f"conditioning tokens: {tokens.conditioning:,} (one canvas of kept layer tokens)",
             f"device rate: {device_tflops:g} TFLOP/s sustained (default: an H100 SXM's bf16, "
             "~40% of its peak)",
             "the VAE encoder's FLOPs are not counted",
         ]
+        + (
+            [
+                f"text embedding cache: {caption_bytes / 1e6:.1f} MB per distinct caption, not counted"
+            ]
+            if train.cache_text and captions is None
+            else []
+        )
         + (["int8 weights are dequantized in each matmul: bf16 FLOPs"] if quantized else []),
     )
