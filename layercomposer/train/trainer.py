@@ -1,8 +1,9 @@
 """The LoRA trainer: flow matching on FLUX.1 Kontext with locking-aware layered conditioning.
 
 The conditioning of every example is built by the rendering code itself (`encode_layer` and
-the token plan), so training and inference cannot drift apart. Randomness comes from one numpy
-generator whose state is checkpointed, so `--resume` continues exactly.
+the token plan), so training and inference cannot drift apart. Every example of a step draws
+its randomness from its own generator, seeded by (seed, step, its index in the global batch): the
+examples of a step are the same whatever the process count, and `--resume` continues exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,17 @@ from .config import TrainConfig
 from .dataset import load_index
 from .optim import make_optimizer
 from .sampler import SamplingConfig, TrainingSample, sample_example
+from .sharding import (
+    fsdp_requested,
+    full_optimizer_state,
+    full_trainable_state,
+    gradient_sync,
+    is_sharded,
+    load_full_state,
+    repoint_optimizer,
+    settings_from_launch,
+    shard_model,
+)
 from .timesteps import resolve_shift, shift_sigmas
 
 ADAPTER = "layercomposer"
@@ -52,6 +63,12 @@ def sample_sigmas(rng: np.random.Generator, count: int, config, shift: float) ->
     else:
         sigmas = rng.uniform(0, 1, count)
     return shift_sigmas(sigmas, shift)
+
+
+def example_rng(seed: int, step: int, example: int) -> np.random.Generator:
+    """The generator of one example: `example` is its index in the step's global batch (process
+    p of N, with b examples each, owns indices p*b .. p*b+b-1)."""
+    return np.random.default_rng([seed, step, example])
 
 
 class Trainer:
@@ -95,17 +112,22 @@ class Trainer:
         from ..latents import LatentCache
         from ..models import load_pipeline
         from ..speed import SpeedOptions
+        from .placement import place_for_training, stage_on_cpu
 
         dtype = "bfloat16" if self.accelerator.device.type == "cuda" else "float32"
+        t5_encoder = self.config.train.t5_encoder
+        staged = stage_on_cpu(self.config.model_quantization, t5_encoder)
         self.pipe, self.model_info = load_pipeline(
             self.config.model,
             self.config.revision,
             dtype=dtype,
-            device=str(self.accelerator.device),
+            device="cpu" if staged else str(self.accelerator.device),
             # Quantized before the LoRA is added: peft then wraps the int8 linears
             # (TorchaoLoraLinear), and the LoRA itself stays a plain fp32 layer.
             speed=SpeedOptions(quantize=self.config.model_quantization),
         )
+        if staged:
+            place_for_training(self.pipe, self.accelerator.device, t5_encoder)
         self.pipe.latent_cache = LatentCache(
             max_entries=4096 if self.config.train.cache_latents else 0
         )
@@ -137,10 +159,30 @@ class Trainer:
         if self.config.train.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
         optimizer = make_optimizer(trainable, self.config.optim, self.accelerator.device)
-        self.transformer, self.optimizer = self.accelerator.prepare(
-            self.pipe.transformer, optimizer
+        self._distribute(optimizer)
+
+    def _distribute(self, optimizer: torch.optim.Optimizer) -> None:
+        """Shard the transformer (FSDP2) when the launch asked for FSDP, else let accelerate
+        wrap it (DDP over several processes, nothing on one)."""
+        if not (fsdp_requested() and self.accelerator.num_processes > 1):
+            self.transformer, self.optimizer = self.accelerator.prepare(
+                self.pipe.transformer, optimizer
+            )
+            self.trainable = [p for group in optimizer.param_groups for p in group["params"]]
+            return
+        if self.accelerator.mixed_precision == "fp16":
+            raise LcError(
+                "FSDP training in fp16 needs a sharded gradient scaler lc does not set up",
+                hint="use train.mixed_precision: bf16",
+            )
+        # accelerate's own FSDP preparation runs only on accelerator devices (it leaves CPU
+        # processes unsharded), so lc shards with torch's fully_shard itself, everywhere.
+        names = {id(p): n for n, p in self.pipe.transformer.named_parameters()}
+        model = shard_model(
+            self.pipe.transformer, settings_from_launch(), self.accelerator.device.type
         )
-        self.trainable = trainable
+        self.transformer, self.optimizer = model, optimizer
+        self.trainable = repoint_optimizer(optimizer, names, model)
 
     # --- one example ----------------------------------------------------------------------------
 
@@ -204,28 +246,30 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        rng = np.random.default_rng([self.config.seed, self.accelerator.process_index])
-        start = self._resume(rng)
+        start = self._resume()
         steps, batch = self.config.train.steps, self.config.train.batch_size
+        first = self.accelerator.process_index * batch  # this process's slice of the global batch
         writer = self._tensorboard()
         self.transformer.train()
         for step in range(start + 1, steps + 1):
             started = time.perf_counter()
-            torch.manual_seed(int(rng.integers(2**62)))  # LoRA dropout, reproducible on resume
             self.optimizer.zero_grad(set_to_none=True)
-            sigmas = sample_sigmas(rng, batch, self.config.train, self.shift)
             total = 0.0
             for i in range(batch):
+                rng = example_rng(self.config.seed, step, first + i)
+                torch.manual_seed(int(rng.integers(2**62)))  # LoRA dropout, reproducible
+                sigma = float(sample_sigmas(rng, 1, self.config.train, self.shift)[0])
                 sample = sample_example(self.index, rng, self.sampling)
                 noise_seed = int(rng.integers(2**62))
-                last = i == batch - 1
-                # Gradients are all-reduced once per step, after the batch's last example.
-                with nullcontext() if last else self.accelerator.no_sync(self.transformer):
-                    loss = self.example_loss(sample, float(sigmas[i]), noise_seed) / batch
+                # Gradients are reduced across processes once per step, after the last example.
+                with gradient_sync(self.transformer, self.accelerator, i == batch - 1):
+                    loss = self.example_loss(sample, sigma, noise_seed) / batch
                     self.accelerator.backward(loss)
                 total += float(loss.detach())
+            # The global batch's mean loss: the same number whatever the process count.
+            total = float(self.accelerator.reduce(self._scalar(total), reduction="mean"))
             if self.config.optim.max_grad_norm:
-                self.accelerator.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
+                self._clip_gradients(self.config.optim.max_grad_norm)
             self.optimizer.step()
             if not math.isfinite(total):
                 raise LcError(
@@ -234,7 +278,7 @@ class Trainer:
             seconds = time.perf_counter() - started
             self._log(step, total, seconds, batch / seconds, writer)
             if step % self.config.checkpoint_every == 0 or step == steps:
-                self.save_checkpoint(step, rng)
+                self.save_checkpoint(step)
             if self.config.validation_canvases and (
                 step % self.config.sample_every == 0 or step == steps
             ):
@@ -243,6 +287,16 @@ class Trainer:
         if writer is not None:
             writer.close()
         return final
+
+    def _scalar(self, value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=self.accelerator.device)
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        if is_sharded(self.transformer):
+            # The norm of the whole gradient: torch reduces the DTensor shards' norms.
+            torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        else:
+            self.accelerator.clip_grad_norm_(self.trainable, max_norm)
 
     def _log(self, step: int, loss: float, seconds: float, speed: float, writer) -> None:
         if self.on_step:
@@ -280,19 +334,23 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA's full weights in peft's naming on the main process (empty on the others).
+        Every process must call it: a sharded model gathers its shards."""
         from peft import get_peft_model_state_dict
 
         model = self.accelerator.unwrap_model(self.transformer)
-        return get_peft_model_state_dict(model, adapter_name=ADAPTER)
+        full = full_trainable_state(model)  # by parameter name, adapter name included
+        if not self.accelerator.is_main_process:
+            return {}
+        return get_peft_model_state_dict(model, state_dict=full, adapter_name=ADAPTER)
 
     def _save_lora(self, folder: Path, step: int) -> Path:
         """Write the LoRA in diffusers format (what `lc render --lora` reads), with its alpha
         and how it was trained (`lora_metadata`: fill, shift, rank, base model, ...)."""
         self.accelerator.wait_for_everyone()
+        weights = self._lora_state()  # on every process: a sharded model gathers
         if self.accelerator.is_main_process:
-            weights = {
-                k: v.detach().float().cpu().contiguous() for k, v in self._lora_state().items()
-            }
+            weights = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
             model = self.accelerator.unwrap_model(self.transformer)
             adapter = model.peft_config[ADAPTER].to_dict()
             self.pipe.save_lora_weights(
@@ -324,18 +382,29 @@ class Trainer:
             "learning_rate": config.optim.learning_rate, "seed": config.seed,
         })  # fmt: skip
 
-    def save_checkpoint(self, step: int, rng: np.random.Generator) -> Path:
-        """Write `checkpoints/step-NNNNNNN/`: LoRA, optimizer, step and RNG state, atomically."""
+    def save_checkpoint(self, step: int) -> Path:
+        """Write `checkpoints/step-NNNNNNN/`: LoRA, optimizer state and step, atomically.
+
+        Every process calls it (a sharded run gathers its shards); the main process writes full
+        tensors, so any process count can resume from it. The sampling needs no saved state:
+        each example's generator is seeded by (seed, step, index)."""
         final = self.output / "checkpoints" / f"step-{step:07d}"
-        if not self.accelerator.is_main_process:
-            return final
+        main = self.accelerator.is_main_process
         temp = final.with_name(final.name + TEMP_SUFFIX)
-        shutil.rmtree(temp, ignore_errors=True)
+        if main:
+            shutil.rmtree(temp, ignore_errors=True)
         self._save_lora(temp, step)
-        torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
+        optimizer = full_optimizer_state(
+            self.accelerator.unwrap_model(self.transformer), _inner(self.optimizer)
+        )
+        if not main:
+            self.accelerator.wait_for_everyone()
+            return final
+        torch.save(optimizer, temp / "optimizer.pt")
         state = {
             "step": step,
-            "rng": rng.bit_generator.state,
+            "processes": self.accelerator.num_processes,
+            "global_batch": self.accelerator.num_processes * self.config.train.batch_size,
             "config": self.config.model_dump(mode="json"),
         }
         write_json_atomic(temp / "state.json", state)
@@ -345,38 +414,71 @@ class Trainer:
             : -self.config.keep_checkpoints
         ]:
             shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         return final
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.output / "checkpoints").glob("step-???????"))
         return found[-1] if found else None
 
-    def _resume(self, rng: np.random.Generator) -> int:
-        """Restore the latest checkpoint if `resume` was asked for; return the step reached."""
+    def _resume(self) -> int:
+        """Restore the latest checkpoint if `resume` was asked for; return the step reached.
+
+        The main process reads the checkpoint and broadcasts it (the other processes, maybe on
+        other machines, need not see the run folder)."""
+        from accelerate.utils import broadcast_object_list
+
         self.output.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.latest_checkpoint() if self.resume else None
-        if checkpoint is None:
-            if not self.resume:  # a fresh run starts fresh metrics
-                (self.output / "metrics.csv").unlink(missing_ok=True)
+        main = self.accelerator.is_main_process
+        checkpoint = self.latest_checkpoint() if self.resume and main else None
+        step, weights, optimizer = 0, {}, {}
+        if checkpoint is not None:
+            step = int(read_json_bounded(checkpoint / "state.json")["step"])
+            weights, optimizer = self._read_checkpoint(checkpoint)
+        step = broadcast_object_list([step])[0]
+        if main and not self.resume:  # a fresh run starts fresh metrics
+            (self.output / "metrics.csv").unlink(missing_ok=True)
+        if step == 0:
             return 0
-        from peft import set_peft_model_state_dict
+        model = self.accelerator.unwrap_model(self.transformer)
+        load_full_state(model, _inner(self.optimizer), weights, optimizer)
+        if main:
+            _truncate_metrics(self.output / "metrics.csv", step)
+        return step
+
+    def _read_checkpoint(self, checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict]:
+        """A checkpoint's LoRA weights by parameter name, and its optimizer state."""
         from safetensors.torch import load_file
 
-        weights = load_file(checkpoint / LORA_FILE)
-        weights = {key.removeprefix("transformer."): value for key, value in weights.items()}
         model = self.accelerator.unwrap_model(self.transformer)
-        set_peft_model_state_dict(model, weights, adapter_name=ADAPTER)
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        state = read_json_bounded(checkpoint / "state.json")
-        rng.bit_generator.state = state["rng"]
-        _truncate_metrics(self.output / "metrics.csv", state["step"])
-        return int(state["step"])
+        # peft names a LoRA weight in the file as the parameter without its adapter name.
+        names = {
+            name.replace(f".{ADAPTER}", ""): name
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad
+        }
+        saved = {
+            key.removeprefix("transformer."): value
+            for key, value in load_file(checkpoint / LORA_FILE).items()
+        }
+        optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+        if saved.keys() != names.keys() or not all(
+            isinstance(key, str) for key in optimizer.get("state", {})
+        ):
+            raise LcError(
+                f"{checkpoint} does not fit this run: its LoRA or optimizer state is laid out "
+                "differently (another lora config, or an older lc)",
+                hint="resume with the config the run was started with, or start a new output_dir",
+            )
+        return {names[key]: value for key, value in saved.items()}, optimizer
 
     # --- samples --------------------------------------------------------------------------------
 
     def render_samples(self, step: int) -> list[Path]:
         """Render the validation canvases with the LoRA as it is now (layered mode)."""
-        if not self.accelerator.is_main_process:
+        main = self.accelerator.is_main_process
+        # A sharded transformer's forward gathers from every process: all render, main writes.
+        if not (main or is_sharded(self.transformer)):
             return []
         from ..canvas import load_canvas
         from ..files import write_png_atomic
@@ -392,6 +494,8 @@ class Trainer:
                 output_type="np", fill=self.config.data.fill,
             )  # fmt: skip
             pixels = np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
+            if not main:
+                continue
             written.append(
                 write_png_atomic(
                     self.output / "samples" / f"step-{step:07d}" / f"{canvas.name}.png", pixels
@@ -428,6 +532,11 @@ def _lora_writer(adapter_config: dict, lc_metadata: dict[str, str]) -> Callable:
         temp.replace(path)
 
     return save
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper (the state-dict helpers need its params)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
