@@ -37,9 +37,11 @@ from .render import (
 )
 
 # The Overlay Kontext LoRA (ilkerzgi and gokaygokay; licence: the FLUX.1 [dev] non-commercial
-# licence, as its model card states) and its trigger phrase. The paper puts "Place it." before
+# licence, as its model card states) and its trigger phrase. The repo holds more than one
+# .safetensors file; this is the one ComfyUI-based tools load. The paper puts "Place it." before
 # the prompt; one space joins them.
-OVERLAY_LORA = "ilkerzgi/Overlay-Kontext-Dev-LoRA"
+OVERLAY_REPO = "ilkerzgi/Overlay-Kontext-Dev-LoRA"
+OVERLAY_LORA = f"{OVERLAY_REPO}/WVVtJFD90b8SsU6EzeGkO_adapter_model_comfy_converted.safetensors"
 OVERLAY_PREFIX = "Place it. "
 # Qwen-Image-Edit's model card: true classifier-free guidance 4.0 with a blank negative prompt.
 QWEN_PIPELINE = "QwenImageEditPipeline"

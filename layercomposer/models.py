@@ -244,32 +244,46 @@ def _from_pretrained(
 
 
 def fetch_lora(spec: str, option: str = "--lora") -> str:
-    """A LoRA's local file or folder: `spec` itself, or a hub id's `.safetensors` files, read
-    through the Hugging Face cache (honouring `HF_HUB_OFFLINE`) into a folder `load_lora` reads.
+    """A LoRA's local path: `spec` itself, or a hub LoRA read through the Hugging Face cache
+    (honouring `HF_HUB_OFFLINE`).
 
-    A `spec` that is neither an existing path nor shaped like `owner/name` is returned unchanged,
-    for `load_lora` to report as missing.
+    Hub LoRAs are `owner/name` (the repo's one `.safetensors` file) or
+    `owner/name/path/in/repo.safetensors`. A `spec` that is neither an existing path nor shaped
+    like either is returned unchanged, for `load_lora` to report as missing.
     """
-    local = Path(spec).expanduser()
-    looks_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if local.exists() or not looks_hub or local.suffix.lower() == ".safetensors":
+    parts = spec.split("/")
+    is_file = len(parts) > 2 and spec.lower().endswith(".safetensors")
+    is_repo = len(parts) == 2 and not spec.lower().endswith(".safetensors")
+    looks_hub = (is_repo or is_file) and all(parts) and not spec.startswith((".", "~"))
+    if Path(spec).expanduser().exists() or not looks_hub:
         return spec
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    hint = f"download it with `hf download {spec}`, or pass {option} a local .safetensors file"
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    hint = f"download it with `hf download {repo}`, or pass {option} a local .safetensors file"
     try:
-        return snapshot_download(spec, allow_patterns=["*.safetensors"])
+        if is_file:
+            return hf_hub_download(repo, filename)
+        folder = Path(snapshot_download(repo, allow_patterns=["*.safetensors"]))
     except GatedRepoError:
         raise ModelError(f"no access to the LoRA {spec}", hint=hint) from None
     except RepositoryNotFoundError:
-        raise ModelError(f"no LoRA {spec!r} on the hub, nor a local file", hint=hint) from None
+        raise ModelError(f"{spec}: no such LoRA file, nor a repo on the hub", hint=hint) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:  # LocalEntryNotFoundError is an OSError
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         why = "HF_HUB_OFFLINE is set" if offline else _first_line(exc)
         raise ModelError(
-            f"cannot load the LoRA {spec}: it is not in the Hugging Face cache ({why})", hint=hint
+            f"{spec}: no such LoRA file, and not in the Hugging Face cache as a hub LoRA ({why})",
+            hint=hint,
         ) from None
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.safetensors"))
+    if len(found) != 1:
+        raise ModelError(
+            f"the LoRA repo {repo} holds {len(found)} .safetensors files ({', '.join(found)})",
+            hint=f"name one: {option} {repo}/FILE",
+        )
+    return str(folder / found[0])
 
 
 def _find_model_index(local: str | None, pipe) -> Path | None:

@@ -23,6 +23,7 @@ pytest.importorskip("peft")
 from layercomposer.baselines import (  # noqa: E402
     OVERLAY_LORA,
     OVERLAY_PREFIX,
+    OVERLAY_REPO,
     QwenEditRenderer,
     QwenEditSettings,
     overlay_settings,
@@ -218,17 +219,25 @@ def test_overlay_lora_by_hub_id_comes_from_the_hf_cache(tiny_lora, tmp_path, mon
     with pytest.raises(ModelError) as missing:
         fetch_lora(OVERLAY_LORA, "--overlay-lora")
     assert missing.value.message == (
-        f"cannot load the LoRA {OVERLAY_LORA}: it is not in the Hugging Face cache "
+        f"{OVERLAY_LORA}: no such LoRA file, and not in the Hugging Face cache as a hub LoRA "
         "(HF_HUB_OFFLINE is set)"
     )
-    assert f"hf download {OVERLAY_LORA}" in missing.value.hint
+    assert f"hf download {OVERLAY_REPO}" in missing.value.hint
 
+    # The published repo holds two .safetensors files: the default names one of them.
+    converted = OVERLAY_LORA.removeprefix(OVERLAY_REPO + "/")
+    assert converted.endswith("_comfy_converted.safetensors")
+    other = converted.replace("_converted", "")
     fake_hub_cache(
-        tmp_path / "cache", OVERLAY_LORA, {"overlay.safetensors": tiny_lora.read_bytes()}
+        tmp_path / "cache", OVERLAY_REPO, {converted: tiny_lora.read_bytes(), other: b"not used"}
     )
     settings = overlay_settings(RenderSettings(**TINY), OVERLAY_LORA)
-    assert settings.lora.endswith("overlay.safetensors") and os.path.isfile(settings.lora)
+    assert settings.lora.endswith(converted) and os.path.isfile(settings.lora)
     assert (settings.mode, settings.prompt_prefix) == ("collage", "Place it. ")
+    with pytest.raises(ModelError) as two:
+        fetch_lora(OVERLAY_REPO, "--overlay-lora")
+    assert "holds 2 .safetensors files" in two.value.message and converted in two.value.message
+    assert f"--overlay-lora {OVERLAY_REPO}/FILE" in two.value.hint
     # Paths stay paths, whether or not they exist (load_lora reports a missing one).
     assert fetch_lora(str(tiny_lora)) == str(tiny_lora)
     assert fetch_lora("loras/missing.safetensors") == "loras/missing.safetensors"

@@ -77,7 +77,8 @@ def bench_cli(
         str,
         typer.Option(
             "--overlay-lora",
-            help="The overlay-kontext method's LoRA: a .safetensors file, a folder or a hub id.",
+            help="The overlay-kontext method's LoRA: a .safetensors file, a folder, or a hub "
+            "LoRA (owner/name, or owner/name/FILE.safetensors).",
         ),
     ] = OVERLAY_LORA,
     qwen_model: Annotated[
