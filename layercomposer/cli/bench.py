@@ -173,6 +173,7 @@ def bench_cli(
             --vqascore-python ~/venvs/vqa/bin/python --hpsv3-python ~/venvs/hps/bin/python
         lc bench --suite 2p --identities ids/ --priors priors/ --model builtin:tiny --steps 2 \\
             --identity-backend dlib
+        lc bench --suite 4p --identities ffhq/ --lora lc.safetensors -o bench/4p  # + the 3 baselines
     """
     with handled_errors():
         if methods is None:
