@@ -6,6 +6,7 @@ its images exist and produce visible tokens is checked in `layers.py`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,12 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import CanvasError, Problem
+from .limits import MAX_LAYERS
 from .tokens import TOKEN_PX
 from .yamlfile import Loc, YamlFile, read_yaml_file
 
 CANVAS_VERSION = 1
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_SCALE = 16.0
+MAX_POSITION = 100_000  # px from the canvas origin, either way
 
 Anchor = Literal[
     "top-left",
@@ -76,6 +79,14 @@ class LayerSpec(_Strict):
     )
     lock: bool = Field(False, description="Locked: kept almost exactly (only relit).")
 
+    @field_validator("position")
+    @classmethod
+    def _position_is_near_the_canvas(cls, position):
+        # A layer may hang past the edge, but pixel arithmetic needs finite, bounded numbers.
+        if not all(math.isfinite(v) and abs(v) <= MAX_POSITION for v in position):
+            raise ValueError(f"position must be two finite numbers within ±{MAX_POSITION} px")
+        return position
+
     @field_validator("crop")
     @classmethod
     def _crop_is_a_box(cls, crop):
@@ -104,7 +115,9 @@ class CanvasSpec(_Strict):
     )
     notes: str | None = Field(None, description="Free text, copied into every run manifest.")
     background: BackgroundSpec | None = None
-    layers: list[LayerSpec] = Field(default_factory=list, description="Bottom to top (z-order).")
+    layers: list[LayerSpec] = Field(
+        default_factory=list, max_length=MAX_LAYERS, description="Bottom to top (z-order)."
+    )
 
     @field_validator("size")
     @classmethod

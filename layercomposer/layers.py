@@ -7,6 +7,7 @@ on top. Only `flatten` (the collage, for previews and the stock-Kontext baseline
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -18,7 +19,13 @@ from .canvas import BackgroundSpec, Canvas, LayerSpec
 from .errors import CanvasError, Problem
 from .files import sha256_file
 from .geometry import Box, Extent, anchored_origin
-from .limits import TooLargeError, UnreadableImageError, open_image_bounded
+from .limits import (
+    MAX_LAYER_PIXELS,
+    MAX_LAYERS_PIXELS,
+    TooLargeError,
+    UnreadableImageError,
+    open_image_bounded,
+)
 from .tokens import TOKEN_PX, valid_token_mask
 
 BACKGROUND_NAME = "background"
@@ -110,12 +117,24 @@ def build_layers(canvas: Canvas) -> list[CanvasLayer]:
             layers.append(_background_layer(canvas, canvas.spec.background, size))
         except CanvasError as exc:
             problems += exc.problems
+    total_pixels = sum(layer.cutout.shape[0] * layer.cutout.shape[1] for layer in layers)
     for index, spec in enumerate(canvas.spec.layers):
         try:
             layer = _subject_layer(canvas, spec, ("layers", index), size)
         except CanvasError as exc:
             problems += exc.problems
             continue
+        total_pixels += layer.cutout.shape[0] * layer.cutout.shape[1]
+        if total_pixels > MAX_LAYERS_PIXELS:  # stop before the next layer takes more memory
+            problems.append(
+                canvas.problem(
+                    ("layers", index),
+                    f"the layers up to '{spec.name}' add up to {total_pixels / 1e6:.0f} MP after "
+                    f"scaling, over lc's limit of {MAX_LAYERS_PIXELS / 1e6:.0f} MP a canvas; "
+                    "lower their scales",
+                )
+            )
+            break
         if not layer.token_mask.any():
             problems.append(canvas.problem(("layers", index), _no_tokens_message(layer)))
         layers.append(layer)
@@ -195,6 +214,7 @@ def _subject_layer(canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent) ->
         image = ImageOps.mirror(image)
     if spec.flip in ("vertical", "both"):
         image = ImageOps.flip(image)
+    _check_transformed_size(canvas, spec, loc, image.size)
     # Resample in premultiplied alpha, or transparent pixels bleed their colour into the edge.
     image = image.convert("RGBa")
     if spec.scale != 1.0:
@@ -209,6 +229,29 @@ def _subject_layer(canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent) ->
 
     origin = anchored_origin(spec.position, spec.anchor, Extent(cutout.shape[1], cutout.shape[0]))
     return CanvasLayer(spec.name, "subject", spec.lock, cutout, origin, size, pixels_hash(cutout))
+
+
+def _check_transformed_size(
+    canvas: Canvas, spec: LayerSpec, loc: tuple, size: tuple[int, int]
+) -> None:
+    """Refuse a layer whose scaled and rotated image would be over the bound, before making it:
+    a 640-px photo at scale 16, rotated 45 degrees, is 12000x12000 pixels (2 GB to resample)."""
+    width, height = max(1, round(size[0] * spec.scale)), max(1, round(size[1] * spec.scale))
+    turn = math.radians(spec.rotate % 360)
+    if turn:  # the bounding box `rotate(expand=True)` makes
+        cos, sin = abs(math.cos(turn)), abs(math.sin(turn))
+        width, height = math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
+    if width * height > MAX_LAYER_PIXELS:
+        raise CanvasError(
+            [
+                canvas.problem(
+                    (*loc, "scale"),
+                    f"layer '{spec.name}' would be {width}x{height} pixels after scale and "
+                    f"rotation, over lc's limit of {MAX_LAYER_PIXELS / 1e6:.0f} MP a layer; "
+                    "lower its scale or crop it",
+                )
+            ]
+        )
 
 
 def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> CanvasLayer:

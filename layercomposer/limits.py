@@ -42,6 +42,11 @@ MAX_IMAGE_SIDE = 16_384  # either side, in pixels
 # would run Ghostscript, for one); a layer has no need of them.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 
+# Canvases: a layer is scaled and rotated in memory, so its size after that is bounded too.
+MAX_LAYERS = 64  # subject layers in one canvas (the paper composes up to 4 people)
+MAX_LAYER_PIXELS = 2 * 4096 * 4096  # one layer after crop, scale and rotation: ~134 MB as RGBA
+MAX_LAYERS_PIXELS = 4 * 4096 * 4096  # all of a canvas's layers together
+
 # Videos (`lc dataset build` on video files; the reader lives with the dataset builder).
 MAX_VIDEO_BYTES = 8 * 1024 * MiB  # 8 GiB: an hour of 1080p at a high bitrate
 MAX_VIDEO_SECONDS = 2 * 60 * 60  # two hours

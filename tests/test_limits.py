@@ -13,7 +13,7 @@ from hostile import alias_bomb, broken_images, gradient, odd_images, png_bytes
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import EXAMPLES, disc_rgba
+from conftest import EXAMPLES, REPO, disc_rgba
 from layercomposer import limits
 from layercomposer.canvas import load_canvas
 from layercomposer.cli.main import app
@@ -218,6 +218,44 @@ def test_a_16_bit_mask_makes_the_same_layer_as_its_8_bit_copy(make_canvas, tmp_p
     Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "m.png")
     sixteen = build_layers(load_canvas(make_canvas(spec)))[0].cutout
     assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1
+
+
+def test_a_layer_too_large_after_scale_and_rotation_is_refused_before_it_is_made():
+    path = REPO / "canvases" / "four_people.yaml"
+    sets = ["layers.collins.image=images/rocket.jpg", "layers.collins.mask=images/rocket.jpg"]
+    sets.append("layers.collins.scale=16")
+    args = [a for s in [*sets, "layers.collins.rotate=45"] for a in ("--set", s)]
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json", *args])
+    assert time.perf_counter() - start < 5
+    assert result.exit_code == 2
+    assert "[layers -> " in result.output and "-> scale]" in result.output
+    assert "12072x12072 pixels after scale and rotation" in result.output
+
+
+def test_too_many_layers_is_a_located_error(make_canvas):
+    layer = {"image": "a.png", "position": [64, 64]}
+    layers = [{"name": f"l{i}", **layer} for i in range(limits.MAX_LAYERS + 1)]
+    path = make_canvas(
+        {"prompt": "p", "size": [128, 128], "layers": layers}, {"a.png": disc_rgba(64)}
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert (
+        "scene.yaml:5: [layers]" in result.output
+        and f"at most {limits.MAX_LAYERS}" in result.output
+    )
+
+
+def test_layers_adding_up_past_the_bound_stop_being_built(make_canvas, monkeypatch):
+    monkeypatch.setattr("layercomposer.layers.MAX_LAYERS_PIXELS", 3 * 64 * 64)
+    layers = [{"name": f"l{i}", "image": "a.png", "position": [64, 64]} for i in range(5)]
+    path = make_canvas(
+        {"prompt": "p", "size": [128, 128], "layers": layers}, {"a.png": disc_rgba(64)}
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "[layers -> 3]" in result.output and "the layers up to 'l3' add up" in result.output
 
 
 def test_a_crafted_layer_image_is_refused_through_validate(make_canvas, tmp_path):
