@@ -7,7 +7,8 @@ is summed in a different order (per-process partial sums, then the all-reduce). 
 losses to the 6 significant digits metrics.csv keeps (rtol 1e-5), the LoRA weights to atol 5e-5
 (about 4e-6 measured, weights of order 1), the Adam moments to 1e-4 of each tensor's largest
 value. Gradient clipping is made to bite (max_grad_norm 0.01), so a norm taken per shard instead
-of over the whole gradient would show.
+of over the whole gradient would show; gradient checkpointing is on, as in the GPU configs (its
+recomputed forward gathers each block again).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def settings(data, output, steps: int, batch: int) -> list[str]:
     return [
         f"data.path={data}", f"output_dir={output}", "validation_canvases=[]",
         f"train.steps={steps}", f"train.batch_size={batch}", "checkpoint_every=2",
-        "optim.max_grad_norm=0.01", "device=cpu",
+        "optim.max_grad_norm=0.01", "device=cpu", "train.gradient_checkpointing=true",
     ]  # fmt: skip
 
 
@@ -137,3 +138,22 @@ def test_one_process_resumes_the_sharded_checkpoint(runs, tmp_path):
     assert list(losses(resumed)) == [5]
     assert losses(resumed)[5] == pytest.approx(losses(runs["single"])[5], rel=1e-5)
     assert_same_weights(lora(runs["single"]), lora(resumed), atol=5e-5)
+
+
+def test_an_fsdp1_config_or_unknown_block_class_is_refused(monkeypatch):
+    from layercomposer.errors import LcError
+    from layercomposer.train.sharding import ShardingSettings, settings_from_launch, shard_model
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "FluxTransformerBlock")
+    assert settings_from_launch().wrap_classes == ("FluxTransformerBlock",)
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(LcError, match="FSDP2") as refused:
+        settings_from_launch()
+    assert "fsdp_version: 2" in refused.value.hint
+    with pytest.raises(LcError, match="no module of class LlamaDecoderLayer"):
+        shard_model(
+            torch.nn.Linear(2, 2), ShardingSettings(("LlamaDecoderLayer",), True, False), "cpu"
+        )

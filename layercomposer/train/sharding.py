@@ -68,17 +68,16 @@ def shard_model(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    options = {
-        "mesh": mesh,
-        "offload_policy": CPUOffloadPolicy() if settings.offload_params else OffloadPolicy(),
-    }
     blocks = [m for m in model.modules() if type(m).__name__ in settings.wrap_classes]
     if not blocks:
         raise LcError(
             f"FSDP: no module of class {', '.join(settings.wrap_classes)} in the transformer",
             hint="check fsdp_transformer_layer_cls_to_wrap in the accelerate config",
         )
+    options = {
+        "mesh": init_device_mesh(device_type, (dist.get_world_size(),)),
+        "offload_policy": CPUOffloadPolicy() if settings.offload_params else OffloadPolicy(),
+    }
     # The blocks return views, which FSDP2 warns about (an in-place op on one would skip its
     # gradient hook); diffusers' FLUX does none, and the two-process test checks the gradients.
     warnings.filterwarnings("ignore", "FSDP2-wrapped module .* returned a view", UserWarning)
