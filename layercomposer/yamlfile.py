@@ -124,7 +124,8 @@ def parse_yaml(
     """
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8"))
     if size > max_bytes:
-        raise YamlRefused(f"is {size:,} bytes, over lc's limit of {size_text(max_bytes)}")
+        # No byte count: the caller read one byte past the cap (a pipe or /dev/zero has no end).
+        raise YamlRefused(f"is over lc's limit of {size_text(max_bytes)} for a YAML file")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

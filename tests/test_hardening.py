@@ -82,6 +82,27 @@ def test_alias_bomb_is_refused_quickly_and_small_by_every_command(command, bomb)
     assert peak_kb < MEMORY_BOUND_KB
 
 
+@pytest.mark.parametrize("name", ["png_50000", "tiff_huge", "jpeg_huge"])
+def test_a_crafted_image_header_is_refused_quickly_and_small(name, tmp_path):
+    (tmp_path / "a.png").write_bytes(broken_images()[name])
+    spec = {"prompt": "p", "size": [128, 128], "layers": [{"name": "a", "image": "a.png"}]}
+    spec["layers"][0]["position"] = [64, 64]
+    (tmp_path / "scene.yaml").write_text(plain_yaml(spec))
+    code, stderr, seconds, peak_kb = run_measured("inspect", "scene.yaml", "--json", cwd=tmp_path)
+    print(f"{name}: exit {code}, {seconds:.2f} s, peak RSS {peak_kb / 1024:.0f} MiB")
+    assert code == 2, stderr
+    assert "scene.yaml:" in stderr and "[layers -> 0 -> image]" in stderr
+    assert "over lc's limit" in stderr
+    assert seconds < TIME_BOUND_S and peak_kb < MEMORY_BOUND_KB
+
+
+def test_an_endless_canvas_file_is_refused_at_the_cap(tmp_path):
+    code, stderr, seconds, peak_kb = run_measured("validate", "/dev/zero", cwd=tmp_path)
+    assert code == 2, stderr
+    assert "/dev/zero: is over lc's limit of 1 MiB for a YAML file" in stderr
+    assert seconds < TIME_BOUND_S and peak_kb < MEMORY_BOUND_KB
+
+
 def test_alias_bomb_is_refused_by_the_studio_load_and_save(tmp_path):
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
