@@ -154,11 +154,6 @@ def _print_estimate(budget) -> None:
     for item in budget.memory:
         table.add_row(item.name, f"{item.bytes / GB:.2f}", escape(item.note))
     table.add_row("total", f"{budget.total_bytes / GB:.1f}", "", style="bold")
-    if budget.load_bytes > budget.total_bytes:
-        table.add_row(
-            "peak while loading", f"{budget.load_bytes / GB:.1f}", "bf16 weights before int8",
-            style="bold",
-        )  # fmt: skip
     out = Console(highlight=False, soft_wrap=True)
     out.print(table)
     params = budget.parameters
@@ -167,6 +162,7 @@ def _print_estimate(budget) -> None:
         f"LoRA {params['lora'] / 1e9:.3f} B, T5 {params['text_encoder_2'] / 1e9:.2f} B, "
         f"CLIP {params['text_encoder'] / 1e6:.0f} M, VAE {params['vae'] / 1e6:.0f} M"
     )
+    out.print(f"CPU memory: {budget.host_bytes / GB:.1f} GB (every network read in bf16 first)")
     out.print(
         f"tokens per example: {tokens.noisy:,} noisy + {tokens.conditioning:,} conditioning "
         f"+ {tokens.text:,} text"

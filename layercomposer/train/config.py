@@ -76,6 +76,12 @@ class TrainLoopConfig(_Strict):
     )
     guidance: float = Field(1.0, ge=0, description="Guidance embedding value during training.")
     cache_text: bool = Field(True, description="Encode each caption once and keep it.")
+    t5_encoder: Literal["on_device", "offload"] = Field(
+        "on_device",
+        description="offload: T5-XXL's weights stay in CPU memory and stream to the GPU layer by "
+        "layer when a caption is encoded (once per caption with cache_text): 9.5 GB less on the "
+        "GPU. CLIP (0.25 GB) stays.",
+    )
     cache_latents: bool = Field(False, description="Keep VAE latents of layers in memory.")
 
 

@@ -70,18 +70,13 @@ class Estimate:
     gpus: int
     steps: int
     device_tflops: float
-    load_bytes: float  # on the GPU while loading: the transformer in bf16, before quantization
+    host_bytes: float  # CPU memory: loading (bf16 everything), then an offloaded T5
     assumptions: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> float:
         """Memory per GPU during training."""
         return sum(item.bytes for item in self.memory)
-
-    @property
-    def peak_bytes(self) -> float:
-        """The most the GPU holds at any time: training or loading."""
-        return max(self.total_bytes, self.load_bytes)
 
     @property
     def seconds_per_step(self) -> float:
@@ -107,8 +102,7 @@ class Estimate:
                 for item in self.memory
             ],
             "total_bytes": round(self.total_bytes),
-            "load_bytes": round(self.load_bytes),
-            "peak_bytes": round(self.peak_bytes),
+            "host_bytes": round(self.host_bytes),
             "flops_per_example": self.flops_per_example,
             "device_tflops": self.device_tflops,
             "batch_size": self.batch_size,
@@ -321,6 +315,7 @@ def estimate(
     lora = sum(matrices)
     train = config.train
     quantized = config.model_quantization == "int8"
+    t5, t5_offloaded = arch.text_encoder_2_parameters, train.t5_encoder == "offload"
     items = [
         MemoryItem(
             "transformer weights",
@@ -329,8 +324,10 @@ def estimate(
         ),
         MemoryItem(
             "text encoders",
-            2.0 * (arch.text_encoder_parameters + arch.text_encoder_2_parameters),
-            "T5 and CLIP in bf16, kept on the GPU by the trainer",
+            2.0 * (arch.text_encoder_parameters + (0 if t5_offloaded else t5)),
+            "CLIP in bf16; T5 offloaded to CPU memory, streamed per layer"
+            if t5_offloaded
+            else "T5 and CLIP in bf16",
         ),
         MemoryItem("VAE", 2.0 * arch.vae_parameters, "bf16"),
         MemoryItem("LoRA weights", 4.0 * lora, f"{lora:,} parameters in fp32"),
@@ -373,7 +370,11 @@ def estimate(
                 f"{captions:,} distinct captions x {caption_bytes / 1e6:.1f} MB",
             )
         )
-    load = base_weight_bytes(arch, "none") + items[1].bytes + items[2].bytes
+    # Every network is read into CPU memory in bf16 first; int8 weights are made there, layer by
+    # layer (so the GPU never holds the bf16 transformer), and an offloaded T5 stays there.
+    host = base_weight_bytes(arch, "none") + 2.0 * (
+        arch.text_encoder_parameters + t5 + arch.vae_parameters
+    )
     return Estimate(
         model=config.model,
         resolution=resolution,
@@ -391,7 +392,7 @@ def estimate(
         gpus=gpus,
         steps=train.steps,
         device_tflops=device_tflops,
-        load_bytes=load + RUNTIME_OVERHEAD_BYTES,
+        host_bytes=host,
         assumptions=[
             f"conditioning tokens: {tokens.conditioning:,} (one canvas of kept layer tokens)",
             f"device rate: {device_tflops:g} TFLOP/s sustained (default: an H100 SXM's bf16, "
