@@ -299,10 +299,10 @@ class Trainer:
             self.accelerator.clip_grad_norm_(self.trainable, max_norm)
 
     def _log(self, step: int, loss: float, seconds: float, speed: float, writer) -> None:
+        if not self.accelerator.is_main_process:
+            return  # one progress report and one metrics file for all processes
         if self.on_step:
             self.on_step(StepReport(step, self.config.train.steps, loss, speed))
-        if not self.accelerator.is_main_process:
-            return
         row = {
             "step": step, "loss": f"{loss:.6g}", "learning_rate": self.config.optim.learning_rate,
             "seconds": f"{seconds:.4f}", "samples_per_second": f"{speed:.4f}",
