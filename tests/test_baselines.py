@@ -158,6 +158,21 @@ def test_missing_qwen_weights_are_a_model_error_like_lc_renders(tmp_path, monkey
         load_qwen_edit_pipeline(str(tmp_path / "no-such-model"), device="cpu")
     assert "does not exist" in folder.value.message and "Qwen-Image-Edit" in folder.value.hint
 
+    # Weights that are there, but transformers' Qwen2-VL processor cannot load without
+    # torchvision (as here): a message that names it, exit 1.
+    local = tmp_path / "qwen"
+    local.mkdir()
+    (local / "model_index.json").write_text("{}")
+
+    def needs_torchvision(*args, **kwargs):
+        raise ImportError("Qwen2VLVideoProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(diffusers.QwenImageEditPipeline, "from_pretrained", needs_torchvision)
+    with pytest.raises(ModelError) as processor:
+        load_qwen_edit_pipeline(str(local), device="cpu")
+    assert "Torchvision" in processor.value.message and "torchvision" in processor.value.hint
+    assert classify(processor.value)[0] == 1
+
 
 # --- overlay-kontext ----------------------------------------------------------------------------
 
