@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -20,6 +21,7 @@ from .errors import CanvasError, Problem
 from .files import sha256_file
 from .geometry import Box, Extent, anchored_origin
 from .limits import (
+    MAX_CANVAS_DECODE_PIXELS,
     MAX_LAYER_PIXELS,
     MAX_LAYERS_PIXELS,
     TooLargeError,
@@ -112,17 +114,20 @@ def build_layers(canvas: Canvas) -> list[CanvasLayer]:
     size = Extent(*canvas.spec.size)
     layers: list[CanvasLayer] = []
     problems: list[Problem] = []
+    budget = _DecodeBudget()
     if canvas.spec.background is not None:
         try:
-            layers.append(_background_layer(canvas, canvas.spec.background, size))
+            layers.append(_background_layer(canvas, canvas.spec.background, size, budget))
         except CanvasError as exc:
             problems += exc.problems
     total_pixels = sum(layer.cutout.shape[0] * layer.cutout.shape[1] for layer in layers)
     for index, spec in enumerate(canvas.spec.layers):
         try:
-            layer = _subject_layer(canvas, spec, ("layers", index), size)
+            layer = _subject_layer(canvas, spec, ("layers", index), size, budget)
         except CanvasError as exc:
             problems += exc.problems
+            if budget.left < 0:  # no image after this one may be decoded either
+                break
             continue
         total_pixels += layer.cutout.shape[0] * layer.cutout.shape[1]
         if total_pixels > MAX_LAYERS_PIXELS:  # stop before the next layer takes more memory
@@ -170,10 +175,17 @@ def _no_tokens_message(layer: CanvasLayer) -> str:
     )
 
 
-def _subject_layer(canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent) -> CanvasLayer:
-    image = _open_image(canvas, spec.image, (*loc, "image"))
+def _subject_layer(
+    canvas: Canvas, spec: LayerSpec, loc: tuple, size: Extent, budget: _DecodeBudget
+) -> CanvasLayer:
+    def fits(width: int, height: int) -> None:  # known from the header: refuse before decoding
+        crop = spec.crop
+        source = (crop[2] - crop[0], crop[3] - crop[1]) if crop else (width, height)
+        _check_transformed_size(canvas, spec, loc, source)
+
+    image = _open_image(canvas, spec.image, (*loc, "image"), budget, fits)
     if spec.mask is not None:
-        mask = _open_image(canvas, spec.mask, (*loc, "mask")).convert("L")
+        mask = _open_image(canvas, spec.mask, (*loc, "mask"), budget).convert("L")
         if mask.size != image.size:
             raise CanvasError(
                 [
@@ -254,8 +266,10 @@ def _check_transformed_size(
         )
 
 
-def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> CanvasLayer:
-    image = _open_image(canvas, spec.image, ("background", "image")).convert("RGBA")
+def _background_layer(
+    canvas: Canvas, spec: BackgroundSpec, size: Extent, budget: _DecodeBudget
+) -> CanvasLayer:
+    image = _open_image(canvas, spec.image, ("background", "image"), budget).convert("RGBA")
     if spec.fit == "stretch":
         image = image.resize(size, Image.Resampling.LANCZOS)
     elif spec.fit == "cover":
@@ -271,10 +285,43 @@ def _background_layer(canvas: Canvas, spec: BackgroundSpec, size: Extent) -> Can
     )
 
 
-def _open_image(canvas: Canvas, relative: str, loc: tuple) -> Image.Image:
+class _DecodeBudget:
+    """The pixels a canvas may still decode: 64 layers of 64 MP photos would take minutes."""
+
+    def __init__(self) -> None:
+        self.left = MAX_CANVAS_DECODE_PIXELS
+
+    def spend(self, canvas: Canvas, loc: tuple, width: int, height: int) -> None:
+        self.left -= width * height
+        if self.left < 0:
+            limit = MAX_CANVAS_DECODE_PIXELS / 1e6
+            raise CanvasError(
+                [
+                    canvas.problem(
+                        loc,
+                        f"the canvas's images up to this one add up to more than {limit:.0f} MP "
+                        "to decode, lc's limit a canvas; use smaller images",
+                    )
+                ]
+            )
+
+
+def _open_image(
+    canvas: Canvas,
+    relative: str,
+    loc: tuple,
+    budget: _DecodeBudget,
+    fits: Callable[[int, int], None] | None = None,
+) -> Image.Image:
     path = canvas.resolve(relative, loc)
+
+    def before_decoding(width: int, height: int) -> None:
+        if fits is not None:
+            fits(width, height)
+        budget.spend(canvas, loc, width, height)
+
     try:  # checked for size before decoding; 16-bit and float images come back as 8-bit
-        return open_image_bounded(path, upright=True)
+        return open_image_bounded(path, upright=True, before_decoding=before_decoding)
     except (TooLargeError, UnreadableImageError) as exc:
         raise CanvasError([canvas.problem(loc, exc.message)]) from None
 

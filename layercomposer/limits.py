@@ -12,6 +12,7 @@ import io
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few K
 
 # Images (layers, masks, backgrounds, priors, subject photos, dataset images, outputs).
 MAX_IMAGE_BYTES = 256 * MiB  # the file itself
-MAX_IMAGE_PIXELS = 64_000_000  # width x height, e.g. a 48 MP phone photo fits; ~256 MB as RGBA
+MAX_IMAGE_PIXELS = 50_000_000  # width x height: a 48 MP phone photo fits; 200 MB as RGBA
 MAX_IMAGE_SIDE = 16_384  # either side, in pixels
 # The formats lc opens: what cameras, phones and editors write (JPEG includes MPO). Pillow can read others (EPS
 # would run Ghostscript, for one); a layer has no need of them.
@@ -46,6 +47,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 MAX_LAYERS = 64  # subject layers in one canvas (the paper composes up to 4 people)
 MAX_LAYER_PIXELS = 2 * 4096 * 4096  # one layer after crop, scale and rotation: ~134 MB as RGBA
 MAX_LAYERS_PIXELS = 4 * 4096 * 4096  # all of a canvas's layers together
+MAX_CANVAS_DECODE_PIXELS = 100_000_000  # all the images (and masks) a canvas names, decoded
 
 # Videos (`lc dataset build` on video files; the reader lives with the dataset builder).
 MAX_VIDEO_BYTES = 8 * 1024 * MiB  # 8 GiB: an hour of 1080p at a high bitrate
@@ -161,11 +163,13 @@ def open_image_bounded(
     max_side: int = MAX_IMAGE_SIDE,
     max_bytes: int = MAX_IMAGE_BYTES,
     upright: bool = False,
+    before_decoding: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """An image decoded into memory (first frame, in an 8-bit mode), its size checked first.
 
     The width and height come from the header and are checked before any pixel is decoded.
-    With `upright`, the EXIF orientation is applied. Raises TooLargeError (over a bound) or
+    With `upright`, the EXIF orientation is applied. `before_decoding(width, height)` may raise
+    to refuse the image on its header alone. Raises TooLargeError (over a bound) or
     UnreadableImageError (missing, empty, not a format lc reads, truncated, corrupt), each with
     a message naming the file; never a Pillow exception.
     """
@@ -185,6 +189,8 @@ def open_image_bounded(
             handle.seek(0)
             with Image.open(handle, formats=IMAGE_FORMATS) as image:
                 check_image_size(image.width, image.height, max_pixels, max_side, name)
+                if before_decoding is not None:  # the caller's own bound on (width, height)
+                    before_decoding(image.width, image.height)
                 image.load()
                 # A format whose size can change while loading (a JPEG draft, say): again.
                 check_image_size(image.width, image.height, max_pixels, max_side, name)

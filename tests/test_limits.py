@@ -258,6 +258,29 @@ def test_layers_adding_up_past_the_bound_stop_being_built(make_canvas, monkeypat
     assert "[layers -> 3]" in result.output and "the layers up to 'l3' add up" in result.output
 
 
+def test_images_adding_up_past_the_decode_budget_are_refused_on_their_headers(
+    make_canvas, monkeypatch
+):
+    monkeypatch.setattr("layercomposer.layers.MAX_CANVAS_DECODE_PIXELS", 2 * 64 * 64)
+    decoded = []
+
+    def counted(*args, **kwargs):
+        image = open_image_bounded(*args, **kwargs)
+        decoded.append(image.size)
+        return image
+
+    monkeypatch.setattr("layercomposer.layers.open_image_bounded", counted)
+    layers = [{"name": f"l{i}", "image": "a.png", "position": [64, 64]} for i in range(5)]
+    path = make_canvas(
+        {"prompt": "p", "size": [128, 128], "layers": layers}, {"a.png": disc_rgba(64)}
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "[layers -> 2 -> image]" in result.output and "more than 0 MP to decode" in result.output
+    assert "[layers -> 3" not in result.output  # one message, then no more decoding
+    assert decoded == [(64, 64), (64, 64)]
+
+
 def test_a_crafted_layer_image_is_refused_through_validate(make_canvas, tmp_path):
     spec = {
         "prompt": "p",
