@@ -157,3 +157,17 @@ def test_an_fsdp1_config_or_unknown_block_class_is_refused(monkeypatch):
         shard_model(
             torch.nn.Linear(2, 2), ShardingSettings(("LlamaDecoderLayer",), True, False), "cpu"
         )
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(runs, tmp_path):
+    from layercomposer.errors import LcError
+
+    run = tmp_path / "old"
+    checkpoint = run / "checkpoints" / "step-0000002"
+    shutil.copytree(runs["single"] / "checkpoints" / "step-0000002", checkpoint)
+    # An optimizer state keyed by position, as lc wrote it before checkpoints were by name.
+    torch.save({"state": {0: {}}, "param_groups": []}, checkpoint / "optimizer.pt")
+    config = load_train_config(CONFIG, settings(runs["data"], run, 4, 2 * PER_PROCESS))
+    with pytest.raises(LcError, match="does not fit this run") as refused:
+        Trainer(config, resume=True).run()
+    assert "start a new output_dir" in refused.value.hint
