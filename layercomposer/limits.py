@@ -39,8 +39,8 @@ MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few K
 MAX_IMAGE_BYTES = 256 * MiB  # the file itself
 MAX_IMAGE_PIXELS = 50_000_000  # width x height: a 48 MP phone photo fits; 200 MB as RGBA
 MAX_IMAGE_SIDE = 16_384  # either side, in pixels
-# The formats lc opens: what cameras, phones and editors write (JPEG includes MPO). Pillow can read others (EPS
-# would run Ghostscript, for one); a layer has no need of them.
+# The formats lc opens: what cameras, phones and editors write (JPEG includes MPO). Pillow reads
+# others (EPS would run Ghostscript, for one); a layer has no need of them.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 
 # Canvases: a layer is scaled and rotated in memory, so its size after that is bounded too.
