@@ -133,3 +133,16 @@ def test_an_offloaded_t5_gives_the_same_loss_and_samples_still_render(dataset, t
             losses.append(float(trainer.example_loss(sample, 0.5, 11)))
     assert losses[0] == losses[1]
     assert offloaded.render_samples(1)[0].exists()  # the pipeline encodes through the hooks
+
+
+def test_int8_under_fsdp_is_refused_before_loading(dataset, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    import layercomposer.train.trainer as trainer_module
+    from layercomposer.errors import UsageError
+
+    # A two-process FSDP launch, as `accelerate launch --config_file configs/accelerate/fsdp.yaml`.
+    monkeypatch.setattr(trainer_module, "fsdp_requested", lambda: True)
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    with pytest.raises(UsageError, match="cannot be sharded"):
+        trainer_for(dataset, tmp_path / "run", "model_quantization=int8")

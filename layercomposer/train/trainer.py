@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import LcError
+from ..errors import LcError, UsageError
 from ..files import TEMP_SUFFIX, write_json_atomic
 from ..limits import read_json_bounded
 from ..tokens import noisy_position_ids
@@ -109,6 +109,16 @@ class Trainer:
     def _setup_model(self) -> None:
         from peft import LoraConfig
 
+        if self.config.model_quantization != "none" and self._sharded_launch():
+            # Refused before loading 12 B weights: fully_shard splits every weight with ops
+            # (aten.split, ...) that torchao's Int8Tensor does not implement.
+            raise UsageError(
+                "model_quantization: int8 cannot be sharded with FSDP (torchao's int8 weights "
+                "do not support the splits FSDP2 makes)",
+                hint="shard the bf16 base (model_quantization: none), or train on one GPU "
+                "without FSDP (configs/flux-kontext-1gpu.yaml)",
+            )
+
         from ..latents import LatentCache
         from ..models import load_pipeline
         from ..speed import SpeedOptions
@@ -160,6 +170,9 @@ class Trainer:
             self.pipe.transformer.enable_gradient_checkpointing()
         optimizer = make_optimizer(trainable, self.config.optim, self.accelerator.device)
         self._distribute(optimizer)
+
+    def _sharded_launch(self) -> bool:
+        return fsdp_requested() and self.accelerator.num_processes > 1
 
     def _distribute(self, optimizer: torch.optim.Optimizer) -> None:
         """Shard the transformer (FSDP2) when the launch asked for FSDP, else let accelerate
