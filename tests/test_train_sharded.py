@@ -1,5 +1,6 @@
-"""Sharded training (FSDP2) with two CPU processes over gloo, launched the way users launch it
-(`accelerate launch --config_file configs/accelerate/fsdp.yaml`), against one process.
+"""Sharded (FSDP2) and data-parallel (DDP) training with two CPU processes over gloo, launched
+the way users launch it (`accelerate launch --config_file configs/accelerate/fsdp.yaml`, or
+`ddp.yaml`), against one process.
 
 Two processes with 2 examples each and one process with 4 draw the same examples per step, so
 their loss curves, weights and optimizer moments must agree up to float rounding: the gradient
@@ -32,7 +33,7 @@ from layercomposer.train.trainer import Trainer
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="two local processes over gloo")
 
 CONFIG = REPO / "configs" / "tiny.yaml"
-FSDP = REPO / "configs" / "accelerate" / "fsdp.yaml"
+LAUNCH = {name: REPO / "configs" / "accelerate" / f"{name}.yaml" for name in ("fsdp", "ddp")}
 PER_PROCESS = 2  # two processes x 2 examples = the single process's 4
 
 
@@ -50,10 +51,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_sharded(data, output, steps: int, resume: bool = False) -> None:
+def launch_two_processes(launch: str, data, output, steps: int, resume: bool = False) -> None:
     sets = [arg for item in settings(data, output, steps, PER_PROCESS) for arg in ("--set", item)]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH[launch]),
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "-m", "layercomposer", "train", str(CONFIG), *sets, "--quiet", *(["--resume"] * resume),
@@ -83,29 +84,32 @@ def lora(run, step: int | None = None) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process, 4 examples a step, 5 steps (checkpoints at 2, 4, 5); two FSDP processes with
-    2 examples each, resumed (`--resume`) from the single process's step-2 checkpoint to step 4.
-    One launch keeps the test short; the single process then resumes the sharded checkpoint."""
+    2 examples each, resumed (`--resume`) from the single process's step-2 checkpoint to step 4,
+    and the same with two DDP processes. One launch each keeps the test short; the single
+    process then resumes the sharded checkpoint."""
     root = tmp_path_factory.mktemp("sharded")
     data = root / "data"
     make_dataset(data)
     single = root / "single"
     Trainer(load_train_config(CONFIG, settings(data, single, 5, 2 * PER_PROCESS))).run()
-    sharded = root / "sharded"
-    shutil.copytree(
-        single / "checkpoints" / "step-0000002", sharded / "checkpoints" / "step-0000002"
-    )
-    launch_sharded(data, sharded, steps=4, resume=True)
-    return {"data": data, "single": single, "sharded": sharded}
+    runs = {"data": data, "single": single}
+    for launch, name in (("fsdp", "sharded"), ("ddp", "ddp")):
+        runs[name] = root / name
+        shutil.copytree(
+            single / "checkpoints" / "step-0000002", runs[name] / "checkpoints" / "step-0000002"
+        )
+        launch_two_processes(launch, data, runs[name], steps=4, resume=True)
+    return runs
 
 
-def test_two_fsdp_processes_follow_the_single_process_loss_curve(runs):
-    single, sharded = losses(runs["single"]), losses(runs["sharded"])
+@pytest.mark.parametrize("name", ["sharded", "ddp"])
+def test_two_processes_follow_the_single_process_loss_curve(runs, name):
+    single, sharded = losses(runs["single"]), losses(runs[name])
     assert list(sharded) == [3, 4]  # the resumed steps, each over the 4-example global batch
     assert len(set(single.values())) == 5  # a real curve, not one repeated number
     for step in sharded:
         assert sharded[step] == pytest.approx(single[step], rel=1e-5), step
-    assert_same_weights(lora(runs["single"], 4), lora(runs["sharded"]), atol=5e-5)
-    assert (lora(runs["sharded"]).keys() - lora(runs["single"], 2).keys()) == set()
+    assert_same_weights(lora(runs["single"], 4), lora(runs[name]), atol=5e-5)
 
 
 def test_sharded_checkpoints_hold_full_tensors_by_parameter_name(runs):
