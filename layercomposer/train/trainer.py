@@ -177,7 +177,7 @@ class Trainer:
     def _distribute(self, optimizer: torch.optim.Optimizer) -> None:
         """Shard the transformer (FSDP2) when the launch asked for FSDP, else let accelerate
         wrap it (DDP over several processes, nothing on one)."""
-        if not (fsdp_requested() and self.accelerator.num_processes > 1):
+        if not self._sharded_launch():
             self.transformer, self.optimizer = self.accelerator.prepare(
                 self.pipe.transformer, optimizer
             )
