@@ -268,3 +268,40 @@ def test_the_dataset_gives_the_resolution_and_the_cached_captions(tmp_path):
     assert budget["resolution"] == 64 and budget["tokens"]["noisy"] == 16
     cache = {item["item"]: item for item in budget["memory"]}["text embedding cache"]
     assert cache["note"].startswith("1 distinct captions")
+
+
+def test_the_train_step_benchmark_runs_the_kontext_path_on_a_small_random_model():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    train_step = importlib.import_module("train_step")
+    small = {
+        "transformer": {
+            **FLUX_KONTEXT_TRANSFORMER, "num_layers": 1, "num_single_layers": 1,
+            "num_attention_heads": 2, "attention_head_dim": 16, "joint_attention_dim": 32,
+            "pooled_projection_dim": 32, "axes_dims_rope": [4, 4, 8],
+        },
+        "text_encoder_2": {
+            "vocab_size": 256, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+            "num_heads": 4, "feed_forward_proj": "gated-gelu",
+        },
+        "text_encoder": {
+            "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 37,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 77,
+        },
+        "vae": {
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1, "norm_num_groups": 4, "latent_channels": 16,
+            "use_quant_conv": False, "use_post_quant_conv": False,
+            "scaling_factor": 0.3611, "shift_factor": 0.1159,
+        },
+    }  # fmt: skip
+    args = train_step.parse_args(
+        [str(REPO / "configs" / "flux-kontext-1gpu.yaml"), "--resolution", "64", "--examples", "1"]
+    )
+    result = train_step.measure(args, configs=small)
+    assert result["model"] == KONTEXT and result["batch_size"] == 32
+    assert result["measured_peak_gb"] > 0 and result["measured_seconds_per_example"] > 0
+    assert 15 < result["estimated_gb"] < 24  # the full-size estimate beside the measurement
