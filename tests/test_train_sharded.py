@@ -51,7 +51,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_two_processes(launch: str, data, output, steps: int, resume: bool = False) -> None:
+def launch_two_processes(launch: str, data, output, steps: int, resume: bool = False) -> str:
+    """Run `lc train` in two processes; returns what they printed."""
     sets = [arg for item in settings(data, output, steps, PER_PROCESS) for arg in ("--set", item)]
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH[launch]),
@@ -62,6 +63,7 @@ def launch_two_processes(launch: str, data, output, steps: int, resume: bool = F
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    return done.stdout + done.stderr
 
 
 def losses(run) -> dict[int, float]:
@@ -98,7 +100,7 @@ def runs(tmp_path_factory):
         shutil.copytree(
             single / "checkpoints" / "step-0000002", runs[name] / "checkpoints" / "step-0000002"
         )
-        launch_two_processes(launch, data, runs[name], steps=4, resume=True)
+        runs[f"{name} output"] = launch_two_processes(launch, data, runs[name], 4, resume=True)
     return runs
 
 
@@ -110,6 +112,7 @@ def test_two_processes_follow_the_single_process_loss_curve(runs, name):
     for step in sharded:
         assert sharded[step] == pytest.approx(single[step], rel=1e-5), step
     assert_same_weights(lora(runs["single"], 4), lora(runs[name]), atol=5e-5)
+    assert runs[f"{name} output"].count("wrote ") == 1  # rank 0 reports, not every process
 
 
 def test_sharded_checkpoints_hold_full_tensors_by_parameter_name(runs):

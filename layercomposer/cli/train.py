@@ -103,7 +103,8 @@ def train_cli(
                         f"step {step.step}/{step.steps} loss {step.loss:.4f} ({step.samples_per_second:.2f} samples/s)"
                     )
 
-            final = Trainer(loaded, resume=resume, on_step=report).run()
+            trainer = Trainer(loaded, resume=resume, on_step=report)
+            final = trainer.run()
         else:
             columns = (
                 TextColumn("{task.description}"),
@@ -120,8 +121,10 @@ def train_cli(
                         description=f"loss {step.loss:.4f}  {step.samples_per_second:.2f} samples/s",
                     )  # fmt: skip
 
-                final = Trainer(loaded, resume=resume, on_step=report).run()
-        stderr.print(f"wrote {escape(str(final))}")
+                trainer = Trainer(loaded, resume=resume, on_step=report)
+                final = trainer.run()
+        if trainer.accelerator.is_main_process:  # one line for all processes
+            stderr.print(f"wrote {escape(str(final))}")
 
 
 def _dataset_facts(path: str) -> tuple[int, int | None]:
