@@ -3,6 +3,7 @@ message, in under 10 s and 1 GB; and a fuzzer over mutated example canvases."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -258,11 +259,11 @@ def _mutate(data, draw) -> None:
         if kind == "remove":
             del parent[loc[-1]]
         else:
-            parent[loc[-1]] = draw(HOSTILE_VALUES)
+            parent[loc[-1]] = copy.deepcopy(draw(HOSTILE_VALUES))
     elif kind == "add":
         mappings = [value for _, value in _locations(data) if isinstance(value, dict)]
         target = draw(st.sampled_from(mappings))
-        target[draw(st.text(min_size=1, max_size=12))] = draw(HOSTILE_VALUES)
+        target[draw(st.text(min_size=1, max_size=12))] = copy.deepcopy(draw(HOSTILE_VALUES))
     elif kind == "image":
         layers = _layer_dicts(data)
         targets = layers + (
