@@ -21,6 +21,7 @@ from layercomposer.files import sha256_file
 
 runner = CliRunner()
 TINY = ["--model", "builtin:tiny"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def lc(*args):
@@ -224,15 +225,19 @@ def test_sigkill_mid_batch_then_resume_leaves_every_output_whole(tmp_path, make_
 def test_accelerate_launch_splits_canvases_across_two_processes(tmp_path, make_canvas):
     canvases = small_canvases(make_canvas, 3)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+        # `--cpu` would make accelerate start one process: the DDP config starts two on the CPU.
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/ddp.yaml"),
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", "29533",
         "-m", "layercomposer", "render", *map(str, canvases), *TINY, "-o", str(tmp_path / "out"), "--json",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert sorted(Path(r["canvas"]).stem for r in records) == ["scene0", "scene1", "scene2"]
-    assert done.stderr.count("summary:") == 1 and "3 rendered" in done.stderr
+    assert done.stderr.count("summary:") == 1
+    assert "3 rendered, 0 skipped, 0 failed (2 processes)" in done.stderr
     for canvas in canvases:
         assert_output_is_whole(
             tmp_path / "out" / canvas.stem / "0.png", tmp_path / "out" / canvas.stem / "0.json"

@@ -204,7 +204,7 @@ def render_cli(
         if world_size > 1:
             results = _gather(results)
         if rank == 0:
-            _summary(results, quiet)
+            _summary(results, quiet, world_size)
         raise typer.Exit(batch_exit_code(results))
 
 
@@ -254,12 +254,14 @@ def _run(paths, settings, batch: dict, json_, quiet, show_progress) -> list[Rend
     return results
 
 
-def _summary(results: list[RenderResult], quiet: bool) -> None:
+def _summary(results: list[RenderResult], quiet: bool, processes: int = 1) -> None:
     counts = {
         status: sum(1 for r in results if r.status == status)
         for status in ("rendered", "skipped", "failed")
     }
     line = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if processes > 1:
+        line += f" ({processes} processes)"
     if counts["failed"]:
         table = Table(title="failed outputs")
         for column in ("canvas", "seed", "error"):
