@@ -77,7 +77,7 @@ def autolayout_cli(
     guidance: Annotated[float, typer.Option(help="Guidance of the prior.")] = DEFAULT_GUIDANCE,
     size: Annotated[
         str | None,
-        typer.Option(help="Canvas WIDTHxHEIGHT [default: 1024x1024, or the prior image's size]."),
+        typer.Option(help=r"Canvas WIDTHxHEIGHT \[default: 1024x1024, or the prior image's size]."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (the prior).")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",

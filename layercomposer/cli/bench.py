@@ -96,7 +96,7 @@ def bench_cli(
         ),
     ] = None,  # fmt: skip
     prior_model: Annotated[
-        str, typer.Option("--prior-model", help="Generates the priors (FLUX.1 [dev]).")
+        str, typer.Option("--prior-model", help=r"Generates the priors (FLUX.1 \[dev]).")
     ] = DEFAULT_PRIOR_MODEL,
     size: Annotated[
         str | None,

@@ -32,7 +32,7 @@ def preview_cli(
         typer.Option(
             "-o",
             "--output",
-            help="PNG to write [default: <canvas>.preview.png, or <canvas>.collage.png].",
+            help=r"PNG to write \[default: <canvas>.preview.png, or <canvas>.collage.png].",
         ),
     ] = None,
     tokens: Annotated[

@@ -65,7 +65,7 @@ def render_cli(
         Path, typer.Option("-o", "--output", help="Output folder: OUT/<canvas>/<seed>.png + .json.")
     ] = Path("out"),
     seed: Annotated[
-        int | None, typer.Option(help="Seed [default: the canvas's seed, else 0].")
+        int | None, typer.Option(help=r"Seed \[default: the canvas's seed, else 0].")
     ] = None,
     num_images: Annotated[
         int,
