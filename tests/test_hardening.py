@@ -196,7 +196,7 @@ def test_studio_prints_its_address_only_once_it_accepts_connections(tmp_path):
 # --- the fuzzer ---------------------------------------------------------------------------------
 
 runner = CliRunner()
-FUZZ_EXAMPLES = 120  # ~25 s on a 2-core CI machine, two commands each
+FUZZ_EXAMPLES = 500  # ~35 s on a 2-core machine, two commands each
 ODD = {**odd_images(), **broken_images()}
 EXAMPLE_DATA = [(path.name, yaml.safe_load(path.read_text())) for path in EXAMPLES]
 
