@@ -58,7 +58,12 @@ def overlay_settings(base: RenderSettings, lora: str = OVERLAY_LORA) -> RenderSe
 
     file = resolve_lora_file(fetch_lora(lora, "--overlay-lora"))
     return replace(
-        base, mode="collage", lora=str(file), lora_scale=1.0, prompt_prefix=OVERLAY_PREFIX
+        base,
+        mode="collage",
+        lora=str(file),
+        lora_scale=1.0,
+        prompt_prefix=OVERLAY_PREFIX,
+        method="overlay-kontext",
     )
 
 

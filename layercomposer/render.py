@@ -57,6 +57,9 @@ class RenderSettings:
     fill: str = "auto"  # black | grey | auto: the LoRA's recorded fill, else black
     # Put before the canvas's prompt (lc bench's overlay-kontext: "Place it. "); recorded.
     prompt_prefix: str = ""
+    # The method this render stands for (lc bench's "overlay-kontext"): the label `lc eval`
+    # groups it under. None: the mode used. Recorded in the manifest, not an input.
+    method: str | None = None
 
     def speed_options(self):
         """The transformer speed options as `speed.SpeedOptions` (validated)."""
@@ -245,6 +248,7 @@ class Renderer:
             inputs,
             mode_used=output.mode,
             mode_reason=output.mode_reason,
+            method=self.settings.method or output.mode,
             model=self.model_info.to_dict(),
             lora=self.lora_info.to_dict() if self.lora_info else None,
             fill=fill.to_dict(),

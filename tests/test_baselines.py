@@ -309,6 +309,13 @@ def test_bench_4p_runs_every_method_with_tiny_models(four_ids, tiny_lora, monkey
     assert any(line.startswith("| LayerComposer | paper") for line in table)
     for method in ALL_METHODS:
         assert any(f"`{method}` | 1 | 0 |" in line for line in table), method
+    # `lc eval` on the renders with no LABEL=PATH groups each under the method its manifest names.
+    again = lc(
+        "eval", out / "renders", "--metrics", "fidelity", "--no-figure", "-o", four_ids / "again"
+    )
+    assert again.exit_code == 0, again.output
+    with open(four_ids / "again" / "results.csv", newline="") as handle:
+        assert sorted(r["method"] for r in csv.DictReader(handle)) == sorted(ALL_METHODS)
 
     # Without the Qwen weights the run stops with lc render's message and exit code 1.
     empty_hub_cache(monkeypatch, four_ids / "empty-cache")

@@ -22,7 +22,7 @@ from ..manifest import read_manifest
 class RunOutput:
     """One rendered image and the manifest written beside it."""
 
-    method: str  # the label it is grouped under: given as LABEL=PATH, else the mode used
+    method: str  # the label it is grouped under: LABEL=PATH, else the manifest's method or mode
     manifest_path: Path
     manifest: dict[str, Any] = field(repr=False)
 
@@ -125,7 +125,11 @@ def find_outputs(specs: list[str]) -> list[RunOutput]:
             if not is_run_manifest(manifest):
                 raise UsageError(f"{manifest_path} is not the manifest of a rendered image")
             outputs.append(
-                RunOutput(label or manifest.get("mode_used") or "?", manifest_path, manifest)
+                RunOutput(
+                    label or manifest.get("method") or manifest.get("mode_used") or "?",
+                    manifest_path,
+                    manifest,
+                )
             )
     return outputs
 
