@@ -50,6 +50,8 @@ LC_KEYS: dict[str, tuple[type, str]] = {
     "batch_size": (int, "examples per step, per process"),
     "processes": (int, "training processes"),
     "learning_rate": (float, "learning rate"),
+    "optimizer": (str, "optimizer (adamw or adamw8bit)"),
+    "base_quantization": (str, "frozen base weights in training (none or int8)"),
     "seed": (int, "training seed"),
 }
 

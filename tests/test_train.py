@@ -127,6 +127,7 @@ def test_a_trained_lora_carries_how_it_was_trained_and_renders_with_its_fill(
     assert lc["shift_value"] == pytest.approx(flux_shift(16))  # 64 px: 4x4 tokens of 16 px
     assert (lc["rank"], lc["alpha"], lc["base_model"], lc["step"]) == (4, 4.0, "builtin:tiny", 2)
     assert lc["lc_version"] and lc["image_tokens"] == 16
+    assert (lc["optimizer"], lc["base_quantization"]) == ("adamw", "none")
     table = runner.invoke(app, ["lora", "info", str(lora)])
     assert "lc.fill" in table.output and "black" in table.output
 

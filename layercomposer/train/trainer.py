@@ -392,7 +392,8 @@ class Trainer:
             "target_modules": [targets] if isinstance(targets, str) else targets,
             "step": step, "steps": train.steps, "batch_size": train.batch_size,
             "processes": self.accelerator.num_processes,
-            "learning_rate": config.optim.learning_rate, "seed": config.seed,
+            "learning_rate": config.optim.learning_rate, "optimizer": config.optim.name,
+            "base_quantization": config.model_quantization, "seed": config.seed,
         })  # fmt: skip
 
     def save_checkpoint(self, step: int) -> Path:
