@@ -24,12 +24,12 @@ import json
 import logging
 import os
 import resource
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -37,11 +37,14 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from train_data import make_dataset  # noqa: E402
+
 from layercomposer.train.config import load_train_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 KONTEXT = "black-forest-labs/FLUX.1-Kontext-dev"
-PEOPLE = ("canvases/images/collins.png", "canvases/images/hopper.png")
 
 
 @contextmanager
@@ -78,58 +81,6 @@ def full_size_random_kontext(configs: dict | None = None):
         tiny.tiny_kontext_components = small
 
 
-def synthetic_dataset(root: Path, resolution: int, scenes: int = 1, images: int = 3) -> None:
-    """Scenes of the two example people on a coloured background, each image its own poses."""
-    from PIL import Image
-
-    from layercomposer.layers import resize_rgba
-    from layercomposer.train.dataset import (
-        DatasetIndex,
-        ImageRecord,
-        LayerRecord,
-        SceneRecord,
-        split_layers,
-        write_index,
-    )
-
-    rng = np.random.default_rng(0)
-    records = []
-    for s in range(scenes):
-        folder = root / f"scene{s}"
-        folder.mkdir(parents=True, exist_ok=True)
-        image_records = []
-        for i in range(images):
-            pixels = np.empty((resolution, resolution, 3), np.float32)
-            pixels[:] = rng.integers(40, 215, 3)
-            masks = {}
-            for p, path in enumerate(PEOPLE):
-                with Image.open(REPO / path) as photo:
-                    rgba = np.asarray(photo.convert("RGBA"))
-                height = int(rng.integers(resolution // 3, resolution // 2))
-                person = resize_rgba(rgba, (round(rgba.shape[1] * height / rgba.shape[0]), height))
-                h, w = person.shape[:2]
-                x = min(
-                    p * (resolution // 2) + int(rng.integers(0, resolution // 4)), resolution - w
-                )
-                alpha = person[..., 3:] / 255.0
-                region = pixels[resolution - h :, x : x + w]
-                region[:] = person[..., :3] * alpha + region * (1 - alpha)
-                mask = np.zeros((resolution, resolution), np.uint8)
-                mask[resolution - h :, x : x + w] = person[..., 3]
-                masks[f"scene{s}/person{p}"] = mask
-            image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-            file = f"scene{s}/img{i}.png"
-            Image.fromarray(image).save(root / file)
-            layers = []
-            for identity, (layer, box) in split_layers(image, masks).items():
-                layer_file = f"scene{s}/img{i}.{identity.rsplit('/', 1)[-1]}.png"
-                Image.fromarray(layer, "RGBA").save(root / layer_file)
-                layers.append(LayerRecord(identity, layer_file, box))
-            image_records.append(ImageRecord(file, "two colleagues", tuple(layers)))
-        records.append(SceneRecord(f"scene{s}", tuple(image_records)))
-    write_index(DatasetIndex(root, resolution, tuple(records)))
-
-
 def measure(args: argparse.Namespace, configs: dict | None = None) -> dict:
     """Train `args.steps` steps; the measured and the estimated figures. `configs` replaces the
     Kontext component configs (the tests build a small model through the same path)."""
@@ -138,7 +89,7 @@ def measure(args: argparse.Namespace, configs: dict | None = None) -> dict:
     from layercomposer.train.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="lc-train-step-"))
-    synthetic_dataset(work / "data", args.resolution)
+    make_dataset(work / "data", args.resolution, scenes=1)  # the tests' synthetic dataset
     config = load_train_config(args.config, args.set or ())
     batch_size = config.train.batch_size
     model = args.model or config.model
