@@ -13,6 +13,7 @@ after near-duplicate frames are dropped, and frames whose faces are too small or
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -475,7 +476,10 @@ def build_dataset(
             on_progress(done, total)
 
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Fresh interpreters, not forks: a fork of a process whose threads (torch's, MediaPipe's,
+        # PyAV's) hold locks can hang forever in the child.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
             for source_results in pool.map(
                 build_source, todo, [out] * len(todo), [options] * len(todo)
             ):
