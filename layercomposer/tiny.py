@@ -27,8 +27,6 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from .models import TINY_MODEL_ID  # noqa: F401 - re-exported: the id that selects this model
-
 # FluxKontextPipeline pads the T5 prompt to this many tokens and CLIP to model_max_length.
 T5_MAX_LENGTH = 512
 CLIP_MAX_LENGTH = 77

@@ -29,8 +29,6 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .models import TINY_MODEL_ID  # noqa: F401 - re-exported: the id that selects this model
-
 END_OF_TEXT = "<|endoftext|>"
 # The chat and vision markers QwenImageEditPipeline's prompt template and the processor use.
 SPECIAL_TOKENS = (

@@ -14,7 +14,8 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from conftest import stock_kontext  # noqa: E402
-from layercomposer.tiny import TINY_MODEL_ID, tiny_kontext_components  # noqa: E402
+from layercomposer.models import TINY_MODEL_ID  # noqa: E402
+from layercomposer.tiny import tiny_kontext_components  # noqa: E402
 
 PROMPT_UNICODE = "Ünïcödé 東京 🙂 \t tabs\nand\u00a0nbsp ~`|"
 
