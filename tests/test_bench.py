@@ -108,6 +108,10 @@ def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite)
     for case in ("2p-00", "2p-01"):
         layout = json.loads((out / "canvases" / f"{case}.autolayout" / "manifest.json").read_text())
         assert [p["face_index"] for p in layout["placements"]] == [0, 1]  # on the prior's faces
+    for manifest in (out / "renders").rglob("*.json"):  # each output says how it was laid out
+        case = manifest.parent.name
+        notes = json.loads(manifest.read_text())["notes"]
+        assert notes.startswith(f"lc bench 2p case {case}: laid out on a "), notes
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == RESULT_COLUMNS

@@ -63,6 +63,7 @@ class AutolayoutRequest:
     background: str | None = None  # None, "prior", or an image path
     download_models: bool = False
     force: bool = False
+    notes: str | None = None  # the canvas's `notes` (copied into every run manifest)
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,13 @@ def autolayout(
         background = _background(request, folder, (width, height))
         for subject in subjects:
             write_png_atomic(folder / f"{subject.name}.png", subject.cutout)
-        check = _canvas_spec(request.prompt, (width, height), subjects, placements, background, "")
+        check = _canvas_spec(request, (width, height), subjects, placements, background, "")
         layers = build_layers(Canvas(check, folder / request.output.name, ""))
         write_png_atomic(folder / "preview.png", render_preview(layers))
         lap("write")
 
         prefix = f"{staging.assets.name}/"
-        spec = _canvas_spec(
-            request.prompt, (width, height), subjects, placements, background, prefix
-        )
+        spec = _canvas_spec(request, (width, height), subjects, placements, background, prefix)
         canvas_text = _canvas_yaml(spec, staging.assets.name)
         manifest = _manifest(
             request,
@@ -384,7 +383,7 @@ def _background(request: AutolayoutRequest, folder: Path, size: tuple[int, int])
     return "background.png"
 
 
-def _canvas_spec(prompt, size, subjects, placements, background, prefix) -> CanvasSpec:
+def _canvas_spec(request, size, subjects, placements, background, prefix) -> CanvasSpec:
     layers = [
         {
             "name": subject.name,
@@ -396,7 +395,9 @@ def _canvas_spec(prompt, size, subjects, placements, background, prefix) -> Canv
         }
         for subject, p in zip(subjects, placements, strict=True)
     ]
-    data: dict[str, Any] = {"prompt": prompt, "size": list(size), "layers": layers}
+    data: dict[str, Any] = {"prompt": request.prompt, "size": list(size), "layers": layers}
+    if request.notes:
+        data["notes"] = request.notes
     if background:
         data["background"] = {"image": f"{prefix}{background}", "fit": "cover", "lock": True}
     return CanvasSpec.model_validate(data)
@@ -405,6 +406,8 @@ def _canvas_spec(prompt, size, subjects, placements, background, prefix) -> Canv
 def _canvas_yaml(spec: CanvasSpec, folder: str) -> str:
     """The canvas file's text: the placement keys always written, short lists on one line."""
     data: dict[str, Any] = {"prompt": spec.prompt, "size": list(spec.size)}
+    if spec.notes:
+        data["notes"] = spec.notes
     if spec.background is not None:
         data["background"] = spec.background.model_dump()
     data["layers"] = [

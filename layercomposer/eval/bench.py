@@ -456,11 +456,21 @@ def _layout(case, canvas, prior, request, heads, detector, warn) -> Path:
     layout = AutolayoutRequest(
         prompt=case.prompt, subjects=subjects, output=canvas, prior=prior, size=request.size,
         detector=request.detector, masks=masks, fallback=request.fallback,
-        download_models=request.download_models, force=True,
+        download_models=request.download_models, force=True, notes=_case_notes(case, request),
     )  # fmt: skip
     autolayout(layout, warn=warn)
     write_json_atomic(record, inputs)
     return canvas
+
+
+def _case_notes(case: Case, request: BenchRequest) -> str:
+    """The canvas's notes, so that every render manifest says how its layout was made."""
+    prior = (
+        "a given prior image"
+        if request.priors is not None
+        else f"a prior generated from the prompt ({request.prior_prompt}; priors/{case.id}.json)"
+    )
+    return f"lc bench {request.suite} case {case.id}: laid out on {prior}"
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
