@@ -35,6 +35,9 @@ MAX_JSON_LINES_BYTES = 64 * MiB  # a whole JSON-lines file (scores.jsonl: ~200 b
 MAX_JSON_LINE_BYTES = 1 * MiB  # one line of it
 MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few KB)
 
+# Text files beside dataset images (`<image>.txt` captions): a sentence or two; T5 reads 512 tokens.
+MAX_CAPTION_BYTES = 64 * 1024
+
 # Images (layers, masks, backgrounds, priors, subject photos, dataset images, outputs).
 MAX_IMAGE_BYTES = 256 * MiB  # the file itself
 MAX_IMAGE_PIXELS = 50_000_000  # width x height: a 48 MP phone photo fits; 200 MB as RGBA

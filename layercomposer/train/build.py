@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from ..errors import InputError, LcError
 from ..files import write_json_atomic, write_png_atomic
 from ..limits import (
+    MAX_CAPTION_BYTES,
     TooLargeError,
     UnreadableImageError,
     open_image_bounded,
@@ -45,7 +46,6 @@ from .video import VideoOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 SCENE_FILE = "scene.json"
-MAX_CAPTION_BYTES = 64 * 1024  # a caption is a sentence or two; the text encoder reads 512 tokens
 VIDEO_RECORD_SUFFIX = ".video.json"  # DATASET/<video stem>.video.json: the video's shots, done
 
 
