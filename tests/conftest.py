@@ -102,3 +102,13 @@ def stock_kontext(pipe, image, seed: int = 0, steps: int = 2, guidance: float = 
         height=height, width=width, max_area=width * height, _auto_resize=False,
         output_type="np", generator=torch.Generator().manual_seed(seed),
     ).images  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """A tiny layered training dataset (tests/train_data.py), built once, read by the trainers."""
+    from train_data import make_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root)
+    return root

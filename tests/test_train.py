@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_data import REPO, make_dataset
+from train_data import REPO
 from typer.testing import CliRunner
 
 from conftest import tiny_transformer_output
@@ -22,13 +22,6 @@ from layercomposer.train.trainer import Trainer, sample_sigmas
 
 runner = CliRunner()
 CONFIG = REPO / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(root)
-    return root
 
 
 def config_for(dataset, output, **sets):

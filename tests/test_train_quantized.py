@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from train_data import REPO, make_dataset
+from train_data import REPO
 from typer.testing import CliRunner
 
 from layercomposer.cli.main import app
@@ -20,13 +20,6 @@ from layercomposer.train.trainer import Trainer
 
 runner = CliRunner()
 CONFIG = REPO / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(root)
-    return root
 
 
 def trainer_for(dataset, output, *sets: str, resume: bool = False) -> Trainer:
