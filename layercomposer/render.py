@@ -161,6 +161,7 @@ class Renderer:
     load_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # settings that contradict each other
+    _fill: FillChoice | None = field(default=None, repr=False)  # resolved once, see fill_choice
     _built: tuple | None = field(default=None, repr=False)  # (canvas, its layers), see _layers
 
     def load(self) -> None:
@@ -182,6 +183,12 @@ class Renderer:
         self.pipe.latent_cache = LatentCache(s.cache_dir)
         self.load_seconds = time.perf_counter() - started
 
+    def fill_choice(self) -> FillChoice:
+        """The fill of every render of this renderer (the LoRA's header is read once)."""
+        if self._fill is None:
+            self._fill = resolve_fill(self.settings)
+        return self._fill
+
     def _layers(self, canvas: Canvas) -> list:
         """The canvas's layers, built once for all of its seeds (`-n K` decodes images once)."""
         if self._built is None or self._built[0] is not canvas:
@@ -194,13 +201,13 @@ class Renderer:
         """Render one canvas with one seed into `out_dir/<canvas>/<seed>.png` (+ `.json`)."""
         started = time.perf_counter()
         image_path, manifest_path = output_paths(out_dir, canvas, seed)
-        inputs = render_inputs(canvas, self.settings, seed)
+        fill = self.fill_choice()
+        inputs = render_inputs(canvas, self.settings, seed, fill.fill)
         if resume and is_complete(image_path, manifest_path, inputs):
             return RenderResult(
                 str(canvas.path), seed, "skipped", str(image_path), str(manifest_path)
             )
         layers = self._layers(canvas)  # invalid images fail here, before any model work
-        fill = resolve_fill(self.settings)
         told = self.warnings if fill.warning else self.notices
         # The collage is flattened over its own base colour: the fill is unused, say nothing.
         if fill.notice and fill.notice not in told and self.settings.mode != "collage":
@@ -274,8 +281,12 @@ class Renderer:
         )  # fmt: skip
 
 
-def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[str, Any]:
-    """What determines a render's output: the resolved canvas, its files' hashes, the settings."""
+def render_inputs(
+    canvas: Canvas, settings: RenderSettings, seed: int, fill: str | None = None
+) -> dict[str, Any]:
+    """What determines a render's output: the resolved canvas, its files' hashes, the settings.
+
+    `fill` is the resolved fill when the caller already has it; None resolves it here."""
     lora = None
     if settings.lora:
         digest = sha256_file(settings.lora) if Path(settings.lora).is_file() else None
@@ -288,7 +299,8 @@ def render_inputs(canvas: Canvas, settings: RenderSettings, seed: int) -> dict[s
         "seed": seed,
         "mode": settings.mode,
         "encode": settings.encode,
-        "fill": resolve_fill(settings).fill,  # resolved: `auto` with a LoRA is the LoRA's fill
+        # Resolved: `auto` with a LoRA is the LoRA's fill.
+        "fill": fill if fill is not None else resolve_fill(settings).fill,
         "dtype": settings.dtype,
         "device": settings.device,
         **({"speed": speed} if (speed := settings.speed_inputs()) else {}),
