@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,14 @@ def test_drops_are_reported(built):
     assert "dropped: no face" in output
 
 
+def test_a_log_gets_a_line_per_source_with_the_time_left(built):
+    _, _, output = built  # CliRunner's stderr is no terminal, as a CI log's
+    lines = [line for line in output.splitlines() if line.startswith("sources ")]
+    assert len(lines) == 2, output
+    assert re.fullmatch(r"sources 1/2: [\d.]+ (s|min) each, about [\d.]+ (s|min) left", lines[0])
+    assert re.fullmatch(r"sources 2/2: [\d.]+ (s|min) each, [\d.]+ (s|min) in all", lines[1])
+
+
 def test_resume_keeps_finished_scenes(built, tmp_path):
     scenes, out, _ = built
     marker = out / "duo" / "scene.json"
@@ -116,8 +125,39 @@ def test_resume_keeps_finished_scenes(built, tmp_path):
     assert len(load_index(out).scenes) == 1
 
 
-def test_not_a_folder_is_a_clear_error(tmp_path):
+def test_a_missing_or_wrong_source_is_a_clear_input_error(tmp_path):
     result = runner.invoke(
         app, ["dataset", "build", str(tmp_path / "none"), "-o", str(tmp_path / "out")]
     )
-    assert result.exit_code == 1 and "not a folder of scenes" in result.output
+    assert result.exit_code == 2 and f"{tmp_path / 'none'} does not exist" in result.output
+    (tmp_path / "notes.txt").write_text("not a scene")
+    result = runner.invoke(
+        app, ["dataset", "build", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "not a folder of scenes or a video file" in result.output
+
+
+def test_a_resumed_build_keeps_the_model_captions_of_the_scenes_it_keeps(built, tmp_path):
+    import shutil
+
+    scenes, out, _ = built
+    copy = tmp_path / "dataset"
+    shutil.copytree(out, copy)
+    captioned = runner.invoke(
+        app, ["dataset", "caption", str(copy), "--model", "builtin:tiny", "--device", "cpu"]
+    )
+    assert captioned.exit_code == 0, captioned.output
+    before = {i.file: i for s in load_index(copy).scenes for i in s.images}
+    assert {i.caption_source for i in before.values()} == {"model:builtin:tiny"}
+
+    assert build(scenes, copy, "--resume").exit_code == 0
+    kept = load_index(copy)
+    assert {i.file: i for s in kept.scenes for i in s.images} == before  # captions and all
+    assert [c["caption_source"] for c in kept.captioners] == ["model:builtin:tiny"]
+
+    # A scene built again has new images: their old captions no longer describe them.
+    (copy / "duo" / "scene.json").unlink()
+    assert build(scenes, copy, "--resume").exit_code == 0
+    rebuilt = load_index(copy)
+    assert {i.caption_source for s in rebuilt.scenes for i in s.images} == {"default"}
+    assert rebuilt.captioners is None

@@ -1,4 +1,5 @@
-"""`lc dataset build` on videos: shots, sampled frames, filters, bounded decoding, training on it.
+"""`lc dataset build` on videos: shots, sampled frames, filters, bounded decoding, scenes across
+shots, donors from other shots, sharded builds, training on it.
 
 The test video is written here with PyAV from the two real photographs (the cut-outs of
 Eileen Collins and Grace Hopper): two shots with a hard cut, people walking and growing, and a
@@ -7,13 +8,16 @@ still end to the second shot (near-duplicate frames).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
+from safetensors.torch import load_file
 from train_data import REPO, cutout
 from typer.testing import CliRunner
 
@@ -23,6 +27,7 @@ from layercomposer.faces.types import Face
 from layercomposer.train import video
 from layercomposer.train.build import BuildOptions, build_dataset
 from layercomposer.train.dataset import BACKGROUND, load_index
+from layercomposer.train.sampler import SamplingConfig, sample_example
 from layercomposer.train.video import Shot, VideoOptions
 
 av = pytest.importorskip("av")
@@ -240,7 +245,7 @@ def test_two_videos_with_one_name_are_refused_and_dot_files_ignored(clip, tmp_pa
     shutil.copy(clip, sources / "walk.mp4")
     shutil.copy(clip, sources / "walk.mov")
     result = build(sources, tmp_path / "out")
-    assert result.exit_code == 2 and "would both make scenes walk-shot*" in result.output
+    assert result.exit_code == 2 and "would both make scenes walk-scene*" in result.output
 
 
 # --- the whole build, and training on it ----------------------------------------------------------
@@ -280,29 +285,46 @@ def built(clip, tmp_path_factory):
     return scenes, out, result.output
 
 
-def test_a_video_with_a_cut_gives_two_scenes_with_the_right_people(built):
-    scenes, out, _ = built
-    index = load_index(out)
-    assert [s.name for s in index.scenes] == ["photos", "walk-shot001", "walk-shot002"]
+def who_is_who(index, scene) -> dict[str, set[str]]:
+    """Identity -> the people (by the reference embeddings) its faces are closest to."""
     embedder, references = reference_embeddings()
-    for scene in index.scenes[1:]:
-        assert len(scene.images) >= 2
-        assert {i.caption for i in scene.images} == {"two colleagues walking past each other"}
-        who: dict[str, set[str]] = {}  # identity -> the people its faces are closest to
-        for image in scene.images:
-            pixels = index.rgba(image.file)[..., :3]
-            people = [layer for layer in image.layers if layer.identity != BACKGROUND]
-            assert len(people) == 2
-            for layer in people:
-                vector = embedder.embed(np.ascontiguousarray(pixels), Face(layer.face, 1.0))
-                distances = {n: float(np.linalg.norm(vector - r)) for n, r in references.items()}
-                nearest = min(distances, key=distances.get)
-                assert distances[nearest] < embedder.same_person_distance
-                who.setdefault(layer.identity, set()).add(nearest)
-        # two identities, each one person in every frame, and not the same person
-        assert sorted(who) == [f"{scene.name}/p0", f"{scene.name}/p1"]
-        assert all(len(people) == 1 for people in who.values())
-        assert who[f"{scene.name}/p0"] != who[f"{scene.name}/p1"]
+    who: dict[str, set[str]] = {}
+    for image in scene.images:
+        pixels = index.rgba(image.file)[..., :3]
+        people = [layer for layer in image.layers if layer.identity != BACKGROUND]
+        assert len(people) == 2
+        for layer in people:
+            vector = embedder.embed(np.ascontiguousarray(pixels), Face(layer.face, 1.0))
+            distances = {n: float(np.linalg.norm(vector - r)) for n, r in references.items()}
+            nearest = min(distances, key=distances.get)
+            assert distances[nearest] < embedder.same_person_distance
+            who.setdefault(layer.identity, set()).add(nearest)
+    return who
+
+
+def test_two_shots_of_the_same_people_make_one_scene_with_the_right_people(built):
+    scenes, out, output = built
+    index = load_index(out)
+    assert [s.name for s in index.scenes] == ["photos", "walk-scene001"]
+    scene = index.scenes[1]
+    assert {i.shot for i in scene.images} == {"walk.mp4#1", "walk.mp4#2"}
+    assert all(
+        len([i for i in scene.images if i.shot == s]) >= 2 for s in ("walk.mp4#1", "walk.mp4#2")
+    )
+    assert {i.caption for i in scene.images} == {"two colleagues walking past each other"}
+    assert {i.caption_source for i in scene.images} == {"sidecar"}
+    # frame times as sampled: shot 1 at 0.25, 0.75, 1.25 s; shot 2 at 2.25, 2.75, 3.25 s
+    assert [i.seconds for i in scene.images] == [0.25, 0.75, 1.25, 2.25, 2.75, 3.25]
+    # two identities, each one person in every frame of both shots (the people swap sides
+    # at the cut), and not the same person
+    who = who_is_who(index, scene)
+    assert sorted(who) == ["walk-scene001/p0", "walk-scene001/p1"]
+    assert all(len(people) == 1 for people in who.values())
+    assert who["walk-scene001/p0"] != who["walk-scene001/p1"]
+    photos = index.scenes[0]
+    assert {i.shot for i in photos.images} == {"photos/still0.png", "photos/still5.png"}
+    assert {i.caption_source for i in photos.images} == {"default"}
+    assert "scene walk-scene001: 6 images, 2 shots" in output
 
 
 def test_dropped_frames_are_reported_with_their_time(built):
@@ -315,8 +337,126 @@ def test_dropped_frames_are_reported_with_their_time(built):
     assert index.dropped["face blurred"] == [f"{video_path}@1.75s"]
     assert "dropped: near-duplicate frame" in output and "dropped: face blurred" in output
     kept = {image.file for scene in index.scenes for image in scene.images}
-    assert "walk-shot002/f000030.png" not in kept and "walk-shot002/f000026.png" in kept
-    assert "walk-shot001/f000014.png" not in kept and "walk-shot001/f000010.png" in kept
+    assert "walk-scene001/walk-f000030.png" not in kept
+    assert "walk-scene001/walk-f000014.png" not in kept
+    assert {"walk-scene001/walk-f000026.png", "walk-scene001/walk-f000010.png"} <= kept
+
+
+def test_unlocked_donors_come_from_the_other_shot(built):
+    _, out, _ = built
+    index = load_index(out)
+    walk = dataclasses.replace(index, scenes=(index.scenes[1],))
+    config = SamplingConfig(lock_probability=0.3, color_jitter=0.0)  # jitter: 2/3 of the time
+    rng = np.random.default_rng(0)
+    files = {image.file: image for image in walk.scenes[0].images}
+    other = same = close = 0
+    for _ in range(1000):
+        sample = sample_example(walk, rng, config)
+        target = files[sample.target_file]
+        for source in sample.sources:
+            if source.locked:
+                continue
+            donor = files[source.image]
+            if donor.shot != target.shot:
+                other += 1
+            else:
+                same += 1
+                close += abs(donor.seconds - target.seconds) < config.min_donor_seconds
+    assert other + same > 1500  # ~2100 unlocked layers of 3000
+    assert other / (other + same) >= 0.95
+    assert close == 0
+
+
+def test_the_index_says_what_the_data_can_teach(built):
+    _, out, output = built
+    stats = load_index(out).stats
+    assert stats["scenes"] == 2 and stats["images"] == 8
+    assert stats["shots"] == 4  # two photos (each its own shot) and the two shots of the video
+    assert stats["shots_per_scene"]["min"] == 2 and stats["images_per_scene"]["max"] == 6
+    assert stats["people"] == 16  # two people in each of the 8 images
+    assert stats["other_shot_donor_share"] == 1.0 and stats["no_donor_share"] == 0.0
+    # not near-copies: the same person walking, in another shot, is clearly apart
+    assert 0.03 < stats["appearance_distance"]["min"] < stats["appearance_distance"]["max"] < 0.18
+    assert "with a donor from another shot" in output and "100% (16 of 16)" in output
+
+
+def test_the_videos_of_a_folder_make_one_scene_across_them(tmp_path):
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("dlib")
+    frames = clip_frames()
+    folder = tmp_path / "sources" / "pair"
+    folder.mkdir(parents=True)
+    write_video(folder / "first.mp4", frames[:SHOT_FRAMES])  # each video is one shot
+    write_video(folder / "second.mp4", frames[SHOT_FRAMES:])
+    Image.fromarray(frames[4]).save(folder / "photo.png")  # a photo beside them: its own shot
+    options = BuildOptions(SIZE, "dlib", video=VideoOptions(frames_per_shot=4))
+    index = build_dataset(tmp_path / "sources", tmp_path / "out", options)
+    assert [s.name for s in index.scenes] == ["pair-scene001"]
+    (scene,) = index.scenes
+    shots = {"pair/first.mp4#1", "pair/photo.png", "pair/second.mp4#1"}
+    assert {i.shot for i in scene.images} == shots
+    assert scene.images[0].file == "pair-scene001/first-f000002.png"
+    assert "pair-scene001/photo.png" in {i.file for i in scene.images}
+    who = who_is_who(index, scene)
+    assert sorted(who) == ["pair-scene001/p0", "pair-scene001/p1"]
+    assert all(len(people) == 1 for people in who.values())
+    assert not (tmp_path / "out" / ".staging").exists()
+    assert (tmp_path / "out" / "pair.video.json").exists()
+
+
+def scene_content(out: Path, scene) -> list:
+    """A scene's records and the pixels of every file they name."""
+    content = []
+    for image in scene.images:
+        files = [image.file, *(layer.file for layer in image.layers)]
+        content.append((image, [np.asarray(Image.open(out / f)).tobytes() for f in files]))
+    return content
+
+
+def test_shards_together_are_the_unsharded_build(built, tmp_path):
+    scenes, out, _ = built
+    whole = load_index(out)
+    parts = []
+    for k in (0, 1):
+        part = tmp_path / f"part{k}"
+        result = build(scenes, part, "--frames-per-shot", "4", "--shard", f"{k}/2")
+        assert result.exit_code == 0, result.output
+        assert f"(shard {k}/2)" in result.output
+        parts.append(load_index(part))
+    assert [s.name for s in parts[0].scenes] == ["photos"]  # units in name order, i mod 2
+    assert [s.name for s in parts[1].scenes] == ["walk-scene001"]
+    assert not (tmp_path / "part0" / "walk-scene001").exists()
+    assert not (tmp_path / "part1" / "photos").exists()
+    assert [p.shard for p in parts] == ["0/2", "1/2"] and whole.shard is None
+    union = sorted((s for p in parts for s in p.scenes), key=lambda s: s.name)
+    assert [s.name for s in union] == [s.name for s in whole.scenes]
+    for scene, (k, part) in zip(union, [(0, parts[0]), (1, parts[1])], strict=True):
+        assert scene == whole.scenes[k]  # names, images, layers, shots, times, captions
+        assert scene_content(part.root, scene) == scene_content(out, whole.scenes[k])
+    # Trained on together (`data.path` as a list), the parts train as the unsharded dataset.
+    both = train_on(f"[{tmp_path / 'part0'},{tmp_path / 'part1'}]", tmp_path / "run-parts")
+    one = train_on(str(out), tmp_path / "run-whole")
+    assert (both / "metrics.csv").exists()
+    assert losses(both) == losses(one) and len(losses(one)) == 3
+    a, b = (load_file(run / "pytorch_lora_weights.safetensors") for run in (both, one))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def train_on(data_path: str, run: Path) -> Path:
+    sets = [f"data.path={data_path}", f"output_dir={run}", "validation_canvases=[]",
+            "train.steps=3", "train.batch_size=2", "checkpoint_every=100"]  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["train", str(REPO / "configs" / "tiny.yaml"), *(a for s in sets for a in ("--set", s))],
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def losses(run: Path) -> list[str]:
+    """The loss column of a run's metrics.csv, as written (6 significant digits)."""
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    return [row.split(",")[1] for row in rows]
 
 
 def test_resume_keeps_finished_videos(built, monkeypatch):
@@ -327,19 +467,19 @@ def test_resume_keeps_finished_videos(built, monkeypatch):
     result = build(scenes, out, "--frames-per-shot", "4", "--resume")
     assert result.exit_code == 0, result.output
     assert record.stat().st_mtime_ns == before
-    assert len(load_index(out).scenes) == 3
+    assert len(load_index(out).scenes) == 2
     assert "near-duplicate frame" in load_index(out).dropped
 
 
 def test_resume_builds_a_video_again_when_its_record_is_damaged(built):
     scenes, out, _ = built
     record = out / "walk.video.json"
-    record.write_text('{"shots": [')  # as if the disk filled up while it was written
+    record.write_text('{"scenes": [')  # as if the disk filled up while it was written
     steps = []
     options = BuildOptions(SIZE, "dlib", video=VideoOptions(frames_per_shot=4))
     index = build_dataset(scenes, out, options, resume=True, on_step=lambda *a: steps.append(a))
     assert steps == [("walk.mp4: shots", 1, 2), ("walk.mp4: shots", 2, 2)]  # built again
-    assert [s.name for s in index.scenes] == ["photos", "walk-shot001", "walk-shot002"]
+    assert [s.name for s in index.scenes] == ["photos", "walk-scene001"]
     assert load_index(out).dropped["near-duplicate frame"] == [f"{scenes / 'walk.mp4'}@3.75s"]
 
 

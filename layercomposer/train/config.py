@@ -4,7 +4,7 @@ reported with their line, and `--set key.path=value` overrides any key."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
@@ -23,15 +23,27 @@ class ConfigError(CanvasError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are refused everywhere: `learning_rate: .inf` would train a LoRA of NaNs.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
-    path: str = Field(description="Dataset folder written by `lc dataset build`.")
+    path: str | list[str] = Field(
+        description="Dataset folder written by `lc dataset build`, or a list of them (the parts "
+        "of a `--shard K/N` build, or datasets to mix): their scenes are trained on together."
+    )
     lock_probability: float = Field(0.5, ge=0, le=1, description="Chance each layer is locked.")
     scale_jitter: float = Field(0.1, ge=0, lt=1)
     shift_jitter: float = Field(0.05, ge=0, lt=1)
     color_jitter: float = Field(0.1, ge=0, lt=1)
+    min_donor_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="An unlocked layer comes from another shot or photo whenever the scene has "
+        "the person there; only otherwise from a frame of the target's own shot, and then at "
+        "least this many seconds away (frames closer are near-copies of the target). 0: any "
+        "other frame of the shot.",
+    )
     fill: Literal["black", "grey"] = Field(
         "black",
         description="Colour transparent layer pixels are encoded as (black: the paper's canvas). "
@@ -57,7 +69,10 @@ class OptimConfig(_Strict):
     )
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
     max_grad_norm: float | None = Field(1.0, gt=0)
 
 
@@ -74,8 +89,27 @@ class TrainLoopConfig(_Strict):
         description="Timestep shift sigma' = shift*s / (1 + (shift-1)*s). auto: FLUX's "
         "resolution-dependent exp(mu) at the dataset's image tokens (1.88 at 512 px); 1 = none.",
     )
-    guidance: float = Field(1.0, ge=0, description="Guidance embedding value during training.")
-    cache_text: bool = Field(True, description="Encode each caption once and keep it.")
+    guidance: float = Field(
+        1.0,
+        ge=0,
+        description="Guidance embedding value during training. 1.0: the flow-matching target "
+        "(noise - x0) is the unguided velocity, which a guidance-distilled model gives at 1.0 "
+        "(kohya's and SimpleTuner's FLUX.1 [dev] setting); see docs/training.md.",
+    )
+    sample_guidance: float = Field(
+        2.5,
+        ge=0,
+        description="Guidance the validation renders use, and the one recorded in the LoRA as "
+        "the value to render with (2.5: FLUX.1 Kontext [dev]'s default).",
+    )
+    cache_text: bool = Field(True, description="Keep each caption's embeddings once encoded.")
+    text_cache_gb: float = Field(
+        16.0,
+        ge=0,
+        description="Cap on the text-embedding cache, in GB of CPU memory (never on the GPU): "
+        "~4.2 MB per distinct caption at 512 T5 tokens; past the cap the least recently used "
+        "captions are encoded again when drawn.",
+    )
     t5_encoder: Literal["on_device", "offload"] = Field(
         "on_device",
         description="offload: T5-XXL's weights stay in CPU memory and stream to the GPU layer by "
@@ -101,7 +135,7 @@ class TrainConfig(_Strict):
         "--quantize` (torchao): `int8` halves bf16's memory, on any device. The LoRA stays fp32.",
     )
     device: str = "auto"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63, description="Seeds the LoRA's init and every example.")
     output_dir: str = Field(
         description="Run folder: checkpoints, samples, metrics, the final LoRA."
     )

@@ -11,14 +11,16 @@ is the target's pixels exactly, and a layer from another image lands on the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import LcError
-from ..limits import eight_bit, open_image_bounded, read_json_bounded
+from ..errors import InputError, LcError, Problem
+from ..limits import MAX_CAPTION_BYTES, eight_bit, open_image_bounded, read_json_bounded
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -40,6 +42,13 @@ class ImageRecord:
     file: str
     caption: str
     layers: tuple[LayerRecord, ...]
+    # Where the image came from, so the sampler can take donors from another shot: a photo is a
+    # shot of its own (its path); a video frame names its shot (`clip.mp4#3`) and its time.
+    shot: str | None = None  # None: an index written before shots were recorded
+    seconds: float | None = None  # a video frame's time in its video
+    # Who wrote the caption: "sidecar" (a `.txt` beside the source), "default" ("a photo of N
+    # people"), or "model:<hub id>" (`lc dataset caption`).
+    caption_source: str = "default"
 
     def layer(self, identity: str) -> LayerRecord | None:
         return next((layer for layer in self.layers if layer.identity == identity), None)
@@ -59,14 +68,27 @@ class DatasetIndex:
     resolution: int
     scenes: tuple[SceneRecord, ...]
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> items
+    # What the data can teach (`train/stats.py`), as `lc dataset build` wrote it; None in an
+    # index written before stats were recorded.
+    stats: dict | None = None
+    shard: str | None = None  # "K/N": the part of the sources a `--shard K/N` build holds
+    # How `lc dataset caption` made the model captions (`train/caption.py`), oldest first.
+    captioners: list | None = None
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "version": INDEX_VERSION,
             "resolution": self.resolution,
             "scenes": [asdict(scene) for scene in self.scenes],
             "dropped": self.dropped,
         }
+        if self.stats is not None:
+            data["stats"] = self.stats
+        if self.shard is not None:
+            data["shard"] = self.shard
+        if self.captioners:
+            data["captioners"] = self.captioners
+        return data
 
     def rgba(self, relative: str) -> np.ndarray:
         """(h, w, 4) uint8 pixels of a layer or image file of this dataset."""
@@ -80,7 +102,7 @@ def _read_rgba(path: str) -> np.ndarray:
     return pixels
 
 
-def load_index(root: str | Path) -> DatasetIndex:
+def load_index(root: str | Path, allow_empty: bool = False) -> DatasetIndex:
     """Return the dataset index at `root`, or an LcError saying how to make one."""
     root = Path(root)
     path = root / INDEX_NAME
@@ -94,17 +116,138 @@ def load_index(root: str | Path) -> DatasetIndex:
     except (OSError, ValueError) as exc:
         raise LcError(f"{path} is not a readable dataset index ({exc})") from None
     if not isinstance(data, dict):
-        raise LcError(f"{path} is not a dataset index (a JSON object)")
+        raise InputError(f"{path} is not a dataset index (a JSON object)")
     if data.get("version") != INDEX_VERSION:
-        raise LcError(
+        raise InputError(
             f"{path}: dataset index version {data.get('version')!r}; this lc reads {INDEX_VERSION}"
         )
+    check_index_json(data, path)
     scenes = tuple(scene_from_dict(scene) for scene in data["scenes"])
-    if not scenes:
+    if not scenes and not allow_empty:
         raise LcError(
             f"{path} has no scenes", hint="every scene needs two or more images of the same people"
         )
-    return DatasetIndex(root, int(data["resolution"]), scenes, data.get("dropped", {}))
+    return DatasetIndex(
+        root,
+        int(data["resolution"]),
+        scenes,
+        data.get("dropped", {}),
+        data.get("stats"),
+        data.get("shard"),
+        data.get("captioners") if isinstance(data.get("captioners"), list) else None,
+    )
+
+
+def load_datasets(paths: str | Path | list[str] | tuple[str, ...]) -> DatasetIndex:
+    """One index over the scenes of one or several dataset folders (`data.path` as a list).
+
+    The scenes of all folders are sorted by name, as one `lc dataset build` sorts its own, so
+    the parts of a `--shard K/N` build train exactly like the unsharded dataset. File paths
+    become absolute (each folder's own root), so two folders may reuse a scene name.
+    """
+    if isinstance(paths, (str, Path)):
+        return load_index(paths)
+    if not paths:
+        raise InputError("data.path is an empty list", hint="name one or more dataset folders")
+    # A part of a sharded build may hold no scenes (more parts than sources): it adds nothing.
+    indexes = [load_index(path, allow_empty=True) for path in paths]
+    if not any(index.scenes for index in indexes):
+        raise LcError(
+            f"none of the datasets in data.path has a scene ({', '.join(map(str, paths))})",
+            hint="every scene needs two or more images of the same people",
+        )
+    resolutions = {index.resolution for index in indexes}
+    if len(resolutions) > 1:
+        sizes = ", ".join(f"{index.root}: {index.resolution}" for index in indexes)
+        raise InputError(
+            f"the datasets in data.path have different resolutions ({sizes})",
+            hint="build them at one --resolution",
+        )
+    scenes = [
+        (scene.name, k, _rooted(scene, index.root.resolve()))
+        for k, index in enumerate(indexes)
+        for scene in index.scenes
+    ]
+    dropped: dict[str, list[str]] = {}
+    for index in indexes:
+        for reason, items in index.dropped.items():
+            dropped.setdefault(reason, []).extend(items)
+    ordered = tuple(scene for _, _, scene in sorted(scenes, key=lambda item: item[:2]))
+    return DatasetIndex(Path("/"), indexes[0].resolution, ordered, dropped)
+
+
+def _rooted(scene: SceneRecord, root: Path) -> SceneRecord:
+    """The scene with every file path made absolute under `root`."""
+    images = tuple(
+        replace(
+            image,
+            file=str(root / image.file),
+            layers=tuple(replace(layer, file=str(root / layer.file)) for layer in image.layers),
+        )
+        for image in scene.images
+    )
+    return replace(scene, images=images)
+
+
+def check_index_json(data: dict, path: Path) -> None:
+    """Refuse an `index.json` lc did not write (exit 2, with where): wrong types, a resolution
+    lc cannot train at, or a file path that leaves the dataset folder."""
+    try:
+        _IndexJson.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            Problem(str(path), tuple(error["loc"]), error["msg"]) for error in exc.errors()[:5]
+        ]
+        more = len(exc.errors()) - len(problems)
+        raise InputError(
+            "\n".join(str(p) for p in problems) + (f"\n... and {more} more" if more > 0 else ""),
+            hint="rebuild the dataset with `lc dataset build`",
+        ) from None
+
+
+def _inside_dataset(file: str) -> str:
+    parts = Path(file).parts
+    if not file or Path(file).is_absolute() or ".." in parts or "\\" in file:
+        raise ValueError(f"{file!r} is not a path inside the dataset folder")
+    return file
+
+
+DatasetFile = Annotated[str, AfterValidator(_inside_dataset)]
+Box4 = tuple[int, int, int, int]
+
+
+class _Open(BaseModel):  # keys lc does not know are kept for later versions, not refused
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _LayerJson(_Open):
+    identity: str = Field(max_length=1024)
+    file: DatasetFile
+    box: Box4
+    face: Box4 | None = None
+
+
+class _ImageJson(_Open):
+    file: DatasetFile
+    caption: str = Field(max_length=MAX_CAPTION_BYTES)
+    layers: list[_LayerJson] = Field(max_length=64)
+    shot: str | None = Field(None, max_length=4096)
+    seconds: float | None = Field(None, ge=0)
+    caption_source: str = Field("default", max_length=1024)
+
+
+class _SceneJson(_Open):
+    name: str = Field(max_length=1024)
+    images: list[_ImageJson]
+
+
+class _IndexJson(_Open):
+    """What `check_index_json` holds an index.json to."""
+
+    version: int
+    resolution: int = Field(ge=64, le=2048, multiple_of=16)
+    scenes: list[_SceneJson]
+    dropped: dict[str, list[str]] = {}
 
 
 def scene_from_dict(data: dict) -> SceneRecord:
@@ -124,6 +267,9 @@ def scene_from_dict(data: dict) -> SceneRecord:
                     )
                     for layer in image["layers"]
                 ),
+                image.get("shot"),
+                image.get("seconds"),
+                image.get("caption_source", "default"),
             )
             for image in data["images"]
         ),

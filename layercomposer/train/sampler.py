@@ -5,6 +5,12 @@ some probability: a locked layer is the target's own pixels, with position index
 identity becomes an unlocked layer taken from a *different* image of the same scene — the same
 person in another pose and light — placed where that person is in the target, jittered, with
 index 1..k. The model learns to keep locked layers and to re-render unlocked ones.
+
+Donors come from another shot than the target's whenever the scene has the person there (a
+photo is a shot of its own); only when it has not, from a frame of the target's own shot at
+least `min_donor_seconds` away. Frames of one shot a moment apart are near-copies, pixel-aligned
+with the target: an unlocked layer the model could copy would teach it to copy. A person with
+no allowed donor is always locked.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class SamplingConfig:
     scale_jitter: float = 0.1  # unlocked people are scaled by U(1 - s, 1 + s) after box matching
     shift_jitter: float = 0.05  # ... and shifted by U(-s, s) times their box size
     color_jitter: float = 0.1  # brightness, contrast and saturation of unlocked layers, U(1 +- c)
+    min_donor_seconds: float = 3.0  # a donor from the target's own shot is at least this far away
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def sample_example(
     ordered = sorted(target.layers, key=lambda layer: layer.identity != BACKGROUND)
     layers, sources = [], []
     for record in ordered:
-        donors = _other_images_with(scene, target, record.identity)
+        donors = donor_images(scene, target, record.identity, config.min_donor_seconds)
         locked = not donors or rng.random() < config.lock_probability
         if locked:
             pixels, origin, image = index.rgba(record.file), record.box[:2], target
@@ -79,10 +86,36 @@ def sample_example(
     return TrainingSample(target_pixels, target.file, target.caption, layers, sources)
 
 
-def _other_images_with(scene: SceneRecord, target: ImageRecord, identity: str) -> list[ImageRecord]:
-    return [
+def shot_of(image: ImageRecord) -> str:
+    """The shot an image belongs to; in an index written before shots were recorded, its own."""
+    return image.shot if image.shot is not None else image.file
+
+
+def donor_images(
+    scene: SceneRecord, target: ImageRecord, identity: str, min_seconds: float
+) -> list[ImageRecord]:
+    """The images an unlocked layer of `identity` may be taken from, for this target.
+
+    The other images of the scene with that identity in another shot than the target's; if
+    there are none, those of the target's own shot at least `min_seconds` from it (a frame with
+    no time is never far enough unless `min_seconds` is 0); else none (the layer is locked).
+    """
+    others = [
         image for image in scene.images if image is not target and image.layer(identity) is not None
     ]
+    target_shot = shot_of(target)
+    elsewhere = [image for image in others if shot_of(image) != target_shot]
+    if elsewhere:
+        return elsewhere
+    return [image for image in others if _apart(image, target, min_seconds)]
+
+
+def _apart(image: ImageRecord, target: ImageRecord, min_seconds: float) -> bool:
+    if min_seconds <= 0:
+        return True
+    if image.seconds is None or target.seconds is None:
+        return False
+    return abs(image.seconds - target.seconds) >= min_seconds
 
 
 def _place_like(
