@@ -8,6 +8,9 @@ tokenizer is a byte-level BPE with no merges and the processor is built in code.
 The VAE keeps the real model's 8x downsampling (four stages) because the pipeline always encodes
 the reference image at about one megapixel: a 4x VAE would hand the transformer 16k reference
 tokens. Even so a call spends most of its time in that encode (about a second on a CPU).
+
+The same Qwen2.5-VL, with wider random weights, is `lc dataset caption`'s builtin:tiny
+captioner (`tiny_qwen_vl_captioner`); it needs no diffusers.
 """
 
 from __future__ import annotations
@@ -15,11 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKLQwenImage,
-    FlowMatchEulerDiscreteScheduler,
-    QwenImageTransformer2DModel,
-)
 from tokenizers import pre_tokenizers
 from transformers import (
     Qwen2_5_VLConfig,
@@ -43,6 +41,7 @@ LATENT_CHANNELS = 16  # as Qwen-Image's VAE
 # The vision tower sees at most 112x112 px (16 patches of 14 px, 4 tokens after merging), so the
 # text encoder's sequence stays short; the real processor allows ~1 MP.
 VISION_MAX_PIXELS = 112 * 112
+CAPTIONER_WEIGHT_STD = 0.5  # the tiny captioner's random weights
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -72,13 +71,19 @@ def tiny_qwen_tokenizer() -> Qwen2Tokenizer:
 
 def tiny_qwen_edit_components(seed: int = 0) -> dict[str, Any]:
     """Returns the keyword arguments of ``QwenImageEditPipeline`` for a tiny random-weight model."""
+    # Imported here: the tiny captioner (`tiny_qwen_vl_captioner`) needs no diffusers, which
+    # takes seconds to import.
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageTransformer2DModel,
+    )
+
     tokenizer = tiny_qwen_tokenizer()
     processor = ImageOnlyQwen2VLProcessor(
         image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=VISION_MAX_PIXELS),
         tokenizer=tokenizer,
     )
-    token_id = tokenizer.convert_tokens_to_ids
-    end_of_text = token_id(END_OF_TEXT)
     # fork_rng keeps the caller's global RNG stream untouched by our reseeding.
     with torch.random.fork_rng(devices=[]):
         # Reseed before each model, in a fixed order, so each one's weights depend only on seed.
@@ -107,41 +112,7 @@ def tiny_qwen_edit_components(seed: int = 0) -> dict[str, Any]:
         )
 
         torch.manual_seed(seed)
-        text_encoder = Qwen2_5_VLForConditionalGeneration(
-            Qwen2_5_VLConfig(
-                text_config={
-                    "hidden_size": 16,
-                    "intermediate_size": 16,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 2,
-                    "num_key_value_heads": 2,
-                    "rope_scaling": {
-                        "mrope_section": [1, 1, 2],
-                        "rope_type": "default",
-                        "type": "default",
-                    },
-                    "rope_theta": 1000000.0,
-                    "vocab_size": len(tokenizer),
-                    "bos_token_id": end_of_text,
-                    "eos_token_id": end_of_text,
-                    "pad_token_id": end_of_text,
-                },
-                vision_config={
-                    "depth": 2,
-                    "hidden_size": 16,
-                    "intermediate_size": 16,
-                    "num_heads": 2,
-                    "out_hidden_size": 16,
-                },
-                hidden_size=16,
-                vocab_size=len(tokenizer),
-                # Where the vision embeddings go: the processor expands <|image_pad|>.
-                image_token_id=token_id("<|image_pad|>"),
-                video_token_id=token_id("<|video_pad|>"),
-                vision_start_token_id=token_id("<|vision_start|>"),
-                vision_end_token_id=token_id("<|vision_end|>"),
-            )
-        )
+        text_encoder = Qwen2_5_VLForConditionalGeneration(tiny_qwen_vl_config(tokenizer))
 
     for model in (transformer, vae, text_encoder):
         model.eval()
@@ -153,3 +124,64 @@ def tiny_qwen_edit_components(seed: int = 0) -> dict[str, Any]:
         "processor": processor,
         "transformer": transformer,
     }
+
+
+def tiny_qwen_vl_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
+    """Returns the config of a Qwen2.5-VL with 16-wide layers over ``tokenizer``'s vocabulary."""
+    token_id = tokenizer.convert_tokens_to_ids
+    end_of_text = token_id(END_OF_TEXT)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {
+                "mrope_section": [1, 1, 2],
+                "rope_type": "default",
+                "type": "default",
+            },
+            "rope_theta": 1000000.0,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": end_of_text,
+            "eos_token_id": end_of_text,
+            "pad_token_id": end_of_text,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        hidden_size=16,
+        vocab_size=len(tokenizer),
+        # Where the vision embeddings go: the processor expands <|image_pad|>.
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+    )
+
+
+def tiny_qwen_vl_captioner(seed: int = 0):
+    """Returns a random-weight ``Qwen2_5_VLForConditionalGeneration`` and its image-only
+    processor (with Qwen's chat template): `lc dataset caption --model builtin:tiny`."""
+    from .captioner import QWEN_VL_CHAT_TEMPLATE, ImageOnlyQwen2_5_VLProcessor
+
+    tokenizer = tiny_qwen_tokenizer()
+    processor = ImageOnlyQwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=VISION_MAX_PIXELS),
+        tokenizer=tokenizer,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_vl_config(tokenizer))
+        # Wider than the usual 0.02: at 16 channels the answer would not depend on the image,
+        # and tests could not tell one image's caption from another's.
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0.0, CAPTIONER_WEIGHT_STD)
+    return model.eval(), processor
