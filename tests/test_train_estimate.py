@@ -266,7 +266,8 @@ def test_the_dataset_gives_the_resolution_and_the_cached_captions(tmp_path):
     make_dataset(tmp_path, resolution=64)
     budget = estimate_json("tiny.yaml", "--set", f"data.path={tmp_path}")
     assert budget["resolution"] == 64 and budget["tokens"]["noisy"] == 16
-    cache = {item["item"]: item for item in budget["memory"]}["text embedding cache"]
+    assert "text embedding cache" not in {item["item"] for item in budget["memory"]}
+    cache = {item["item"]: item for item in budget["host_memory"]}["text embedding cache"]
     assert cache["note"].startswith("1 distinct captions")
 
 

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ._common import JsonOption, SetOption
+from ._common import ConfigSetOption, JsonOption
 from ._errors import handled_errors, stderr
+from ._progress import LineProgress
 
 
 def train_cli(
@@ -20,9 +21,21 @@ def train_cli(
         Path,
         typer.Argument(help="Training config (YAML), e.g. configs/tiny.yaml.", show_default=False),
     ],
-    set_: SetOption = None,
+    set_: ConfigSetOption = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue from the run folder's latest checkpoint.")
+        bool,
+        typer.Option(
+            help="Continue from the run folder's latest checkpoint (written with the same "
+            "settings; more steps may be given)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start over in a run folder that holds another run: its checkpoints, samples, "
+            "metrics and LoRA are removed first.",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     estimate: Annotated[
@@ -61,12 +74,14 @@ def train_cli(
     """Train a LoRA with locking-aware sampling and the flow-matching loss.
 
     The run folder (`output_dir`) gets checkpoints/, samples/, metrics.csv and, at the end,
-    pytorch_lora_weights.safetensors (load it with `lc render --lora`). Several GPUs:
-    `accelerate launch -m layercomposer train CONFIG`.
+    pytorch_lora_weights.safetensors (load it with `lc render --lora`). A folder that holds
+    another run is refused (exit 2) unless --resume or --overwrite says what to do with it.
+    Several GPUs: `accelerate launch -m layercomposer train CONFIG`.
 
     Examples:
         lc train configs/tiny.yaml --set data.path=data/tiny --set output_dir=runs/tiny
         lc train configs/flux-kontext.yaml --resume
+        lc train configs/tiny.yaml --overwrite
         lc train configs/flux-kontext-1gpu.yaml --estimate
         lc train configs/flux-kontext.yaml --estimate --gpus 8 --json
     """
@@ -96,14 +111,24 @@ def train_cli(
         from ..train.trainer import StepReport, Trainer
 
         if quiet or not sys.stderr.isatty():
+            # A log's line per logged step, with the time left: timed from the end of the first
+            # step this run makes (it carries the warm-up; a resumed run starts past 0).
+            lines = LineProgress(lambda line: stderr.print(escape(line)))
+            first: list[int] = []
 
             def report(step: StepReport) -> None:
-                if not quiet and (step.step % 10 == 0 or step.step == step.steps):
-                    stderr.print(
-                        f"step {step.step}/{step.steps} loss {step.loss:.4f} ({step.samples_per_second:.2f} samples/s)"
-                    )
+                if quiet:
+                    return
+                if not first:
+                    first.append(step.step)
+                    lines.start("step", step.step)
+                if step.step % 10 == 0 or step.step == step.steps:
+                    what = f"loss {step.loss:.4f}, {step.samples_per_second:.2f} samples/s"
+                    if step.step == first[0]:
+                        stderr.print(f"step {step.step}/{step.steps} ({what})")
+                    lines("step", step.step, step.steps, what)
 
-            trainer = Trainer(loaded, resume=resume, on_step=report)
+            trainer = Trainer(loaded, resume=resume, on_step=report, overwrite=overwrite)
             final = trainer.run()
         else:
             columns = (
@@ -121,19 +146,19 @@ def train_cli(
                         description=f"loss {step.loss:.4f}  {step.samples_per_second:.2f} samples/s",
                     )  # fmt: skip
 
-                trainer = Trainer(loaded, resume=resume, on_step=report)
+                trainer = Trainer(loaded, resume=resume, on_step=report, overwrite=overwrite)
                 final = trainer.run()
         if trainer.accelerator.is_main_process:  # one line for all processes
             stderr.print(f"wrote {escape(str(final))}")
 
 
-def _dataset_facts(path: str) -> tuple[int, int | None]:
+def _dataset_facts(path: str | list[str]) -> tuple[int, int | None]:
     """The dataset's image size and distinct captions; (512, None) when there is no dataset yet."""
     from ..errors import LcError
-    from ..train.dataset import load_index
+    from ..train.dataset import load_datasets
 
     try:
-        index = load_index(path)
+        index = load_datasets(path)
     except LcError:
         return 512, None
     captions = {image.caption for scene in index.scenes for image in scene.images}
@@ -165,7 +190,9 @@ def _print_estimate(budget) -> None:
         f"LoRA {params['lora'] / 1e9:.3f} B, T5 {params['text_encoder_2'] / 1e9:.2f} B, "
         f"CLIP {params['text_encoder'] / 1e6:.0f} M, VAE {params['vae'] / 1e6:.0f} M"
     )
-    out.print(f"CPU memory: {budget.host_bytes / GB:.1f} GB (every network read in bf16 first)")
+    out.print(f"CPU memory: {budget.host_bytes / GB:.1f} GB")
+    for item in budget.host_memory:
+        out.print(f"  {item.name}: {item.bytes / GB:.2f} GB ({escape(item.note)})")
     out.print(
         f"tokens per example: {tokens.noisy:,} noisy + {tokens.conditioning:,} conditioning "
         f"+ {tokens.text:,} text"

@@ -70,8 +70,9 @@ class Estimate:
     gpus: int
     steps: int
     device_tflops: float
-    host_bytes: float  # CPU memory: loading (bf16 everything), then an offloaded T5
+    host_bytes: float  # CPU memory: loading (bf16 everything), an offloaded T5, the text cache
     assumptions: list[str] = field(default_factory=list)
+    host_memory: tuple[MemoryItem, ...] = ()  # what host_bytes is made of
 
     @property
     def total_bytes(self) -> float:
@@ -103,6 +104,10 @@ class Estimate:
             ],
             "total_bytes": round(self.total_bytes),
             "host_bytes": round(self.host_bytes),
+            "host_memory": [
+                {"item": item.name, "bytes": round(item.bytes), "note": item.note}
+                for item in self.host_memory
+            ],
             "flops_per_example": self.flops_per_example,
             "device_tflops": self.device_tflops,
             "batch_size": self.batch_size,
@@ -290,6 +295,25 @@ def text_embedding_bytes(arch: Architecture, text_tokens: int) -> float:
     return 2.0 * (text_tokens * (t5 + 3) + pooled)
 
 
+def text_cache_item(arch: Architecture, text_tokens: int, train, captions: int | None):
+    """The text-embedding cache in CPU memory: the dataset's captions, at most the cap."""
+    per_caption = text_embedding_bytes(arch, text_tokens)
+    cap = train.text_cache_gb * 1e9 if train.cache_text else 0.0
+    if cap == 0:
+        return MemoryItem("text embedding cache", 0.0, "off: every caption encoded when drawn")
+    if captions is None:
+        return MemoryItem(
+            "text embedding cache",
+            cap,
+            f"its cap, {train.text_cache_gb:g} GB ({per_caption / 1e6:.1f} MB per caption)",
+        )
+    held = min(captions, int(cap // per_caption))
+    note = f"{captions:,} distinct captions x {per_caption / 1e6:.1f} MB"
+    if held < captions:
+        note += f"; the cap ({train.text_cache_gb:g} GB) keeps {held:,}, the rest are re-encoded"
+    return MemoryItem("text embedding cache", held * per_caption, note)
+
+
 # --- the budget ---------------------------------------------------------------------------------
 
 
@@ -305,7 +329,7 @@ def estimate(
     """The memory per GPU and time per step of `config` on a CUDA GPU (bf16 base weights).
 
     `captions`: distinct captions in the dataset, whose text embeddings `train.cache_text` keeps
-    on the GPU (None: unknown, left out and said so).
+    in CPU memory up to `train.text_cache_gb` (None: unknown, the cap is counted).
     """
     noisy = (resolution // 16) ** 2
     tokens = Tokens(noisy, noisy if conditioning_tokens is None else conditioning_tokens)
@@ -361,20 +385,17 @@ def estimate(
             "CUDA context, workspaces, fragmentation (assumed)",
         ),
     ]
-    caption_bytes = text_embedding_bytes(arch, tokens.text)
-    if train.cache_text and captions is not None:
-        items.append(
-            MemoryItem(
-                "text embedding cache",
-                captions * caption_bytes,
-                f"{captions:,} distinct captions x {caption_bytes / 1e6:.1f} MB",
-            )
-        )
     # Every network is read into CPU memory in bf16 first; int8 weights are made there, layer by
     # layer (so the GPU never holds the bf16 transformer), and an offloaded T5 stays there.
-    host = base_weight_bytes(arch, "none") + 2.0 * (
-        arch.text_encoder_parameters + t5 + arch.vae_parameters
-    )
+    host_items = [
+        MemoryItem(
+            "weights read in bf16",
+            base_weight_bytes(arch, "none")
+            + 2.0 * (arch.text_encoder_parameters + t5 + arch.vae_parameters),
+            "every network, before it moves to the GPU",
+        ),
+        text_cache_item(arch, tokens.text, train, captions),
+    ]
     return Estimate(
         model=config.model,
         resolution=resolution,
@@ -392,7 +413,8 @@ def estimate(
         gpus=gpus,
         steps=train.steps,
         device_tflops=device_tflops,
-        host_bytes=host,
+        host_bytes=sum(item.bytes for item in host_items),
+        host_memory=tuple(host_items),
         assumptions=[
             f"conditioning tokens: {tokens.conditioning:,} (one canvas of kept layer tokens)",
             f"device rate: {device_tflops:g} TFLOP/s sustained (default: an H100 SXM's bf16, "
@@ -400,9 +422,7 @@ def estimate(
             "the VAE encoder's FLOPs are not counted",
         ]
         + (
-            [
-                f"text embedding cache: {caption_bytes / 1e6:.1f} MB per distinct caption, not counted"
-            ]
+            ["distinct captions unknown (no dataset yet): the text cache counted at its cap"]
             if train.cache_text and captions is None
             else []
         )

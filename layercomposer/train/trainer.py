@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from ..errors import LcError, UsageError
-from ..files import TEMP_SUFFIX, write_json_atomic
+from ..files import TEMP_SUFFIX, atomic_path, write_json_atomic
 from ..limits import read_json_bounded
 from ..tokens import noisy_position_ids
 from .config import TrainConfig
-from .dataset import load_index
+from .dataset import load_datasets
 from .optim import make_optimizer
+from .run_folder import check_resumable, config_fingerprint, prepare_run_folder
 from .sampler import SamplingConfig, TrainingSample, sample_example
 from .sharding import (
     fsdp_requested,
@@ -40,6 +41,7 @@ from .sharding import (
     settings_from_launch,
     shard_model,
 )
+from .text_cache import TextEmbeddingCache
 from .timesteps import resolve_shift, shift_sigmas
 
 ADAPTER = "layercomposer"
@@ -79,6 +81,7 @@ class Trainer:
         config: TrainConfig,
         resume: bool = False,
         on_step: Callable[[StepReport], None] | None = None,
+        overwrite: bool = False,
     ):
         from accelerate import Accelerator
 
@@ -89,14 +92,24 @@ class Trainer:
         use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
         precision = config.train.mixed_precision if use_cuda else "no"
         self.accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
-        self.index = load_index(config.data.path)
+        global_batch = self.accelerator.num_processes * config.train.batch_size
+        self.fingerprint = config_fingerprint(config.model_dump(mode="json"), global_batch)
+        self.index = load_datasets(config.data.path)
+        if self.accelerator.is_main_process:
+            # Before the model loads: a refused rerun costs seconds and changes nothing.
+            prepare_run_folder(self.output, resume, overwrite)
+            if resume and (checkpoint := self.latest_checkpoint()) is not None:
+                state = read_json_bounded(checkpoint / "state.json")
+                check_resumable(checkpoint, state, config.model_dump(mode="json"), global_batch)
         self.sampling = SamplingConfig(
             config.data.lock_probability,
             config.data.scale_jitter,
             config.data.shift_jitter,
             config.data.color_jitter,
+            min_donor_seconds=config.data.min_donor_seconds,
         )
-        self._text_cache: dict[str, tuple] = {}
+        train = config.train
+        self.text_cache = TextEmbeddingCache(train.text_cache_gb * 1e9 if train.cache_text else 0)
         self._setup_model()
         self.image_tokens = (self.index.resolution // 16) ** 2  # noisy tokens per example
         # `auto`: FLUX's own shift for this many tokens, from the loaded scheduler's config.
@@ -199,19 +212,16 @@ class Trainer:
 
     # --- one example ----------------------------------------------------------------------------
 
+    def _encode_caption(self, caption: str) -> tuple:
+        with torch.no_grad():
+            return self.pipe.encode_prompt(
+                prompt=caption, prompt_2=None, device=self.accelerator.device,
+                max_sequence_length=512,
+            )  # fmt: skip
+
     def _text(self, caption: str) -> tuple:
-        if caption not in self._text_cache:
-            with torch.no_grad():
-                encoded = self.pipe.encode_prompt(
-                    prompt=caption,
-                    prompt_2=None,
-                    device=self.accelerator.device,
-                    max_sequence_length=512,
-                )
-            if not self.config.train.cache_text:
-                return encoded
-            self._text_cache[caption] = encoded
-        return self._text_cache[caption]
+        """(prompt_embeds, pooled, text_ids) on the training device; kept in CPU memory."""
+        return self.text_cache.get(caption, self._encode_caption, self.accelerator.device)
 
     def _target_latents(self, sample: TrainingSample) -> torch.Tensor:
         cache = self.pipe.latent_cache  # a dataset image: the same file, the same latents
@@ -281,13 +291,13 @@ class Trainer:
                 total += float(loss.detach())
             # The global batch's mean loss: the same number whatever the process count.
             total = float(self.accelerator.reduce(self._scalar(total), reduction="mean"))
-            if self.config.optim.max_grad_norm:
-                self._clip_gradients(self.config.optim.max_grad_norm)
+            # The gradient's norm (clipped when max_grad_norm is set): checked with the loss
+            # *before* the update, so a non-finite step never reaches the LoRA.
+            norm = self._clip_gradients(self.config.optim.max_grad_norm or math.inf)
+            if not (math.isfinite(total) and math.isfinite(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise self._non_finite(step, total, norm)
             self.optimizer.step()
-            if not math.isfinite(total):
-                raise LcError(
-                    f"the loss became {total} at step {step}", hint="lower optim.learning_rate"
-                )
             seconds = time.perf_counter() - started
             self._log(step, total, seconds, batch / seconds, writer)
             if step % self.config.checkpoint_every == 0 or step == steps:
@@ -304,12 +314,30 @@ class Trainer:
     def _scalar(self, value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=torch.float64, device=self.accelerator.device)
 
-    def _clip_gradients(self, max_norm: float) -> None:
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Clip the gradient to `max_norm` (inf: measure only); return its norm before."""
         if is_sharded(self.transformer):
             # The norm of the whole gradient: torch reduces the DTensor shards' norms.
-            torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         else:
-            self.accelerator.clip_grad_norm_(self.trainable, max_norm)
+            norm = self.accelerator.clip_grad_norm_(self.trainable, max_norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return float(norm)
+
+    def _non_finite(self, step: int, loss: float, norm: float) -> LcError:
+        what = (
+            f"the loss became {loss}"
+            if not math.isfinite(loss)
+            else f"the gradient norm became {norm}"
+        )
+        latest = self.latest_checkpoint()
+        kept = f"; the newest checkpoint is {latest.name}" if latest is not None else ""
+        return LcError(
+            f"{what} at step {step}: training stopped before that step's update, so the LoRA "
+            f"is as it was after step {step - 1}{kept}",
+            hint="lower optim.learning_rate or set optim.max_grad_norm, then start over with "
+            "--overwrite (or check the dataset's images for damage)",
+        )
 
     def _log(self, step: int, loss: float, seconds: float, speed: float, writer) -> None:
         if not self.accelerator.is_main_process:
@@ -382,12 +410,14 @@ class Trainer:
         targets = lora.target_modules
         return encode_lc_metadata({
             "metadata_version": METADATA_VERSION, "lc_version": __version__,
+            "conditioning": "layered",
             "base_model": config.model, "base_revision": self.model_info.revision or config.revision,
             "base_config_sha256": self.model_info.config_sha256, "fill": config.data.fill,
             "shift": str(train.shift), "shift_value": self.shift,
             "timestep_sampling": train.timestep_sampling, "logit_mean": train.logit_mean,
             "logit_std": train.logit_std, "resolution": self.index.resolution,
-            "image_tokens": self.image_tokens, "guidance": train.guidance, "rank": lora.rank,
+            "image_tokens": self.image_tokens, "guidance": train.guidance,
+            "sample_guidance": train.sample_guidance, "config_sha256": self.fingerprint, "rank": lora.rank,
             "alpha": lora.alpha or lora.rank, "dropout": lora.dropout,
             "target_modules": [targets] if isinstance(targets, str) else targets,
             "step": step, "steps": train.steps, "batch_size": train.batch_size,
@@ -420,6 +450,7 @@ class Trainer:
             "processes": self.accelerator.num_processes,
             "global_batch": self.accelerator.num_processes * self.config.train.batch_size,
             "config": self.config.model_dump(mode="json"),
+            "config_sha256": self.fingerprint,
         }
         write_json_atomic(temp / "state.json", state)
         shutil.rmtree(final, ignore_errors=True)
@@ -450,9 +481,9 @@ class Trainer:
             step = int(read_json_bounded(checkpoint / "state.json")["step"])
             weights, optimizer = self._read_checkpoint(checkpoint)
         step = broadcast_object_list([step])[0]
-        if main and not self.resume:  # a fresh run starts fresh metrics
-            (self.output / "metrics.csv").unlink(missing_ok=True)
         if step == 0:
+            if main:  # --resume without a checkpoint: the rows of the steps redone go
+                (self.output / "metrics.csv").unlink(missing_ok=True)
             return 0
         model = self.accelerator.unwrap_model(self.transformer)
         load_full_state(model, _inner(self.optimizer), weights, optimizer)
@@ -503,8 +534,8 @@ class Trainer:
         for path in self.config.validation_canvases:
             canvas = load_canvas(path)
             output = self.pipe(
-                canvas.spec.prompt, build_layers(canvas), mode="layered", num_inference_steps=self.config.sample_steps,
-                guidance_scale=canvas.spec.guidance, generator=torch.Generator("cpu").manual_seed(canvas.spec.seed or 0),
+                prompt=canvas.spec.prompt, layers=build_layers(canvas), mode="layered", num_inference_steps=self.config.sample_steps,
+                guidance_scale=self.config.train.sample_guidance, generator=torch.Generator("cpu").manual_seed(canvas.spec.seed or 0),
                 output_type="np", fill=self.config.data.fill,
             )  # fmt: skip
             pixels = np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
@@ -540,10 +571,8 @@ def _lora_writer(adapter_config: dict, lc_metadata: dict[str, str]) -> Callable:
     }
 
     def save(weights: dict[str, torch.Tensor], filename: str) -> None:
-        path = Path(filename)
-        temp = path.with_name(path.name + TEMP_SUFFIX)
-        save_file(weights, str(temp), metadata=metadata)
-        temp.replace(path)
+        with atomic_path(filename) as temp:
+            save_file(weights, str(temp), metadata=metadata)
 
     return save
 
