@@ -7,6 +7,11 @@ plain text for text, numbers as their decimal form, lists as JSON.
 
 The header is read here, not with the safetensors package, so that `lc lora info` works
 without torch and reads at most `MAX_HEADER_BYTES` however large a size the file claims.
+
+A ComfyUI / kohya file fuses q, k, v (and in single blocks the MLP input) into one layer whose
+rank is the sum of the projections' (`lora_fused`): 12 for a rank-4 LoRA exported by lc. The
+rank shown is per projection: `lc.rank` where the file records it, otherwise read from the
+blocks of one fused up matrix of each kind (the only tensor data `lc lora info` reads).
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from typing import Any
 
 from .errors import InputError, LcError
 from .lora import detect_format, resolve_lora_file
+from .lora_fused import parse_key, slot_rows, split_columns
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a rank-512 FLUX LoRA's header is ~60 KB; kohya's ~1 MB
+_READ_CHUNK = 16 * 1024 * 1024  # bytes of a fused up matrix read at a time
+# float dtypes by size; a value is zero when every bit but the sign is
+_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 PREFIX = "lc."
 FILL_KEY = PREFIX + "fill"
 DIFFUSERS_ADAPTER_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -41,6 +50,9 @@ LC_KEYS: dict[str, tuple[type, str]] = {
     "resolution": (int, "training resolution (px, square)"),
     "image_tokens": (int, "noisy image tokens per example"),
     "guidance": (float, "guidance embedding value in training"),
+    "conditioning": (str, "what it was trained to read: layered (lc's canvas, locking ids)"),
+    "sample_guidance": (float, "guidance its validation renders used (render with it)"),
+    "config_sha256": (str, "fingerprint of the run's settings (what --resume checks)"),
     "rank": (int, "LoRA rank"),
     "alpha": (float, "LoRA alpha"),
     "dropout": (float, "LoRA dropout"),
@@ -57,6 +69,18 @@ LC_KEYS: dict[str, tuple[type, str]] = {
 
 
 @dataclass(frozen=True)
+class FusedRank:
+    """How the rank of one kind of fused layer reads: stored_rank = projections x rank."""
+
+    layer: str  # "qkv" (double blocks' img_attn / txt_attn) or "linear1" (single blocks)
+    layers: int  # how many the file has
+    stored_rank: int  # rows of their lora_down, the largest
+    projections: int  # with their own block of rows and columns; 1: one LoRA across all
+    rank: int  # per projection
+    source: str  # "lc.rank"; "tensors": the blocks of an up matrix; "shapes": not readable
+
+
+@dataclass(frozen=True)
 class LoraFileInfo:
     """A LoRA file as its header describes it, for `lc lora info`."""
 
@@ -64,10 +88,11 @@ class LoraFileInfo:
     size_bytes: int
     tensors: int
     format: str  # as `lora.detect_format` names it
-    rank: int | None  # the largest lora_A / lora_down rank
+    rank: int | None  # the largest rank per projection (a fused layer's divided, `fused`)
     lc: dict[str, Any] | None  # the decoded lc.* keys; None: the file has none
     adapter: dict[str, Any] | None  # diffusers' lora_adapter_metadata, parsed
     other_metadata: dict[str, str] = field(default_factory=dict)
+    fused: list[FusedRank] = field(default_factory=list)  # ComfyUI / kohya fused layers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,20 +189,129 @@ def describe_lora_file(path: str | Path) -> LoraFileInfo:
     metadata, tensors = read_safetensors_header(file)
     if not tensors:
         raise InputError(f"{file}: the file holds no tensors: not a LoRA")
-    ranks = [
+    lc = decode_lc_metadata(metadata)
+    fused = _fused_ranks(file, tensors, lc)
+    ranks = [kind.rank for kind in fused] + [
         entry["shape"][0]
         for key, entry in tensors.items()
-        if key.endswith((".lora_A.weight", ".lora_down.weight")) and entry["shape"]
+        if key.endswith((".lora_A.weight", ".lora_down.weight"))
+        and entry["shape"]
+        and not _fused_part(key)
     ]
-    lc = decode_lc_metadata(metadata)
     adapter = _adapter_config(metadata.get(DIFFUSERS_ADAPTER_KEY))
     other = {
         k: v for k, v in metadata.items() if not k.startswith(PREFIX) and k != DIFFUSERS_ADAPTER_KEY
     }
     return LoraFileInfo(
         str(file), file.stat().st_size, len(tensors), detect_format(list(tensors)),
-        max(ranks) if ranks else None, lc, adapter, other,
+        max(ranks) if ranks else None, lc, adapter, other, fused,
     )  # fmt: skip
+
+
+def _fused_part(key: str) -> tuple[str, str] | None:
+    """(layer, part) of a key of a fused FLUX layer (qkv, linear1), else None."""
+    parsed = parse_key(key)
+    return parsed if parsed and parsed[0].endswith((".qkv", ".linear1")) else None
+
+
+def _fused_ranks(
+    file: Path, tensors: dict[str, dict[str, Any]], lc: dict[str, Any] | None
+) -> list[FusedRank]:
+    """Per kind of fused layer in the file, its stored rank and the rank per projection."""
+    layers: dict[str, dict[str, dict[str, Any]]] = {}  # layer -> part -> header entry
+    for key, entry in tensors.items():
+        if parsed := _fused_part(key):
+            layers.setdefault(parsed[0], {})[parsed[1]] = entry
+    kinds: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {}
+    for layer, parts in sorted(layers.items(), key=lambda item: _block_order(item[0])):
+        if "down" in parts and len(parts["down"]["shape"]) == 2:
+            kind = "linear1" if layer.endswith(".linear1") else "qkv"
+            kinds.setdefault(kind, []).append((layer, parts))
+    trained_rank = (lc or {}).get("rank")
+    out = []
+    for kind, members in kinds.items():
+        stored = max(parts["down"]["shape"][0] for _, parts in members)
+        slots = 4 if kind == "linear1" else 3
+        if (
+            isinstance(trained_rank, int)
+            and trained_rank > 0
+            and all(
+                parts["down"]["shape"][0] % trained_rank == 0
+                and parts["down"]["shape"][0] // trained_rank <= slots
+                for _, parts in members
+            )
+        ):  # exported by lc: one block of lc.rank per projection
+            out.append(
+                FusedRank(
+                    kind, len(members), stored, stored // trained_rank, trained_rank, "lc.rank"
+                )
+            )
+            continue
+        # The layer with the largest stored rank decides, as for the plain layers.
+        layer, parts = next(m for m in members if m[1]["down"]["shape"][0] == stored)
+        blocks = _up_blocks(file, layer, parts)
+        if blocks is None:
+            out.append(FusedRank(kind, len(members), stored, 1, stored, "shapes"))
+        else:
+            widths = [len(columns) for columns in blocks or [] if len(columns)]
+            projections, rank = (len(widths), max(widths)) if widths else (1, stored)
+            out.append(FusedRank(kind, len(members), stored, projections, rank, "tensors"))
+    return out
+
+
+def _block_order(layer: str) -> tuple[str, int, str]:
+    """Sort key of a ComfyUI layer name: block kind, then block index as a number."""
+    block, index, module = layer.split(".", 2)
+    return block, int(index), module
+
+
+def _up_blocks(file: Path, layer: str, parts: dict[str, dict[str, Any]]) -> list[Any] | None:
+    """The columns each slot of `layer`'s up matrix uses (`split_columns`), read from `file`.
+
+    [] when the matrix is not split (one LoRA across the slots, or all zero); None when it
+    cannot be read as a fused FLUX layer (shapes, dtype).
+    """
+    import numpy as np
+
+    down, up = parts["down"], parts.get("up")
+    if up is None or len(up["shape"]) != 2 or up["dtype"] not in _FLOAT_BYTES:
+        return None
+    rank, hidden = down["shape"]
+    if rank == 0:
+        return None
+    rows = slot_rows(layer, hidden)
+    size = _FLOAT_BYTES[up["dtype"]]
+    start, end = up["data_offsets"]
+    if up["shape"] != [sum(rows), rank] or end - start != sum(rows) * rank * size:
+        return None
+    magnitude = np.uint64((1 << (8 * size - 1)) - 1).astype(f"<u{size}")  # all bits but the sign
+    with open(file, "rb") as handle:
+        data_start = 8 + int.from_bytes(handle.read(8), "little")
+        handle.seek(data_start + start)
+        supports = []
+        per_read = max(1, _READ_CHUNK // (rank * size))  # rows
+        for slot_rows_left in rows:
+            used = np.zeros(rank, bool)
+            while slot_rows_left:
+                count = min(per_read, slot_rows_left)
+                raw = np.frombuffer(handle.read(count * rank * size), f"<u{size}")
+                used |= ((raw & magnitude) != 0).reshape(count, rank).any(axis=0)
+                slot_rows_left -= count
+            supports.append(used)
+    return split_columns(supports) or []
+
+
+def trained_for_layers(metadata: dict[str, str]) -> bool:
+    """Whether a LoRA's metadata says lc trained it for the layered canvas (`--mode auto`).
+
+    `lc train` writes `lc.conditioning: layered` into every LoRA it saves (`lc lora export`
+    keeps it). LoRAs from lc before that key carry `lc.metadata_version` and `lc.lc_version`,
+    and lc has only ever trained the layered conditioning. Any other LoRA, a style or character
+    LoRA for instance, was never shown per-layer position indices.
+    """
+    if PREFIX + "conditioning" in metadata:
+        return metadata[PREFIX + "conditioning"] == "layered"
+    return PREFIX + "metadata_version" in metadata and PREFIX + "lc_version" in metadata
 
 
 def lora_fill(path: str | Path) -> str | None:

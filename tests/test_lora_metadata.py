@@ -126,3 +126,38 @@ def test_lora_info_on_a_lora_without_lc_metadata_says_so(tmp_path):
     info = json.loads(result.stdout)
     assert info["lc"] is None and info["rank"] == 4 and info["tensors"] == 4
     assert info["format"] == "diffusers" and info["adapter"]["transformer.lora_alpha"] == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_info_gives_the_rank_per_projection_of_fused_layers(tmp_path, dtype):
+    # No lc metadata: the up matrix tells an export (block-diagonal: q, k, v of rank 4 each)
+    # from a LoRA trained on the fused qkv itself (dense: rank 12 across all three).
+    generator = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(32, 4, generator=generator) for _ in range(3)]
+    layouts = {
+        "split": torch.block_diag(*blocks),
+        "dense": torch.randn(96, 12, generator=generator),
+    }
+    plain = {  # a layer that is not fused, of a smaller rank
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_down.weight": torch.ones(2, 32),
+        "diffusion_model.double_blocks.0.img_attn.proj.lora_up.weight": torch.ones(32, 2),
+    }
+    for layout, up in layouts.items():
+        name = "diffusion_model.double_blocks.0.img_attn.qkv"
+        sd = {f"{name}.lora_down.weight": torch.randn(12, 32), f"{name}.lora_up.weight": up}
+        sd = {k: v.to(dtype) for k, v in {**sd, **plain}.items()}
+        save_file(sd, tmp_path / f"{layout}.safetensors")
+        path = str(tmp_path / f"{layout}.safetensors")
+        result = runner.invoke(app, ["lora", "info", path], env={"COLUMNS": "200"})  # no wrap
+        assert result.exit_code == 0, result.output
+        text = result.output
+        result = runner.invoke(app, ["lora", "info", path, "--json"])
+        info = json.loads(result.stdout)
+        (fused,) = info["fused"]
+        assert fused["stored_rank"] == 12 and fused["source"] == "tensors"
+        if layout == "split":
+            assert info["rank"] == 4 and fused["projections"] == 3
+            assert "4 (fused qkv: 12 = 3 × 4)" in text
+        else:
+            assert info["rank"] == 12 and fused["projections"] == 1
+            assert "12 (fused qkv: 12, one LoRA across its projections)" in text

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..choices import LoraFormat
 from ..errors import UsageError
 from ._common import JsonOption
 from ._errors import handled_errors, stderr
@@ -25,7 +26,7 @@ def export_cli(
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
     format_: Annotated[
-        str, typer.Option("--format", help="comfyui (diffusion_model.* keys, fused qkv).")
+        LoraFormat, typer.Option("--format", help="comfyui: diffusion_model.* keys, fused qkv.")
     ] = "comfyui",
 ):
     """Convert a LoRA to another key format.
@@ -55,8 +56,11 @@ def info_cli(
     """Show how a LoRA was trained: fill, timestep shift, rank, alpha, base model, lc version.
 
     `lc train` writes these as `lc.*` keys in the file's metadata; for other LoRAs the table
-    shows what the file itself tells (format, tensors, rank, diffusers' adapter config). Only
-    the file's header is read.
+    shows what the file itself tells (format, tensors, rank, diffusers' adapter config). The
+    rank is per projection: a ComfyUI/kohya file fuses q, k, v into one layer of 3 x the rank
+    (shown as "4 (fused qkv: 12 = 3 x 4)"). Only the file's header is read, and for a fused
+    file without `lc.rank` one fused up matrix of each kind, to tell an export's blocks from a
+    LoRA trained on the fused layer.
 
     Examples:
         lc lora info runs/tiny/pytorch_lora_weights.safetensors
@@ -78,6 +82,24 @@ def info_cli(
             )
 
 
+def _rank_text(info) -> tuple[str, str]:
+    """The rank row's value and meaning: "4 (fused qkv: 12 = 3 × 4)", and where it is from."""
+    if info.rank is None:
+        return "-", ""
+    fused = []
+    for kind in info.fused:
+        if kind.projections > 1:
+            fused.append(f"{kind.layer}: {kind.stored_rank} = {kind.projections} × {kind.rank}")
+        else:
+            fused.append(f"{kind.layer}: {kind.stored_rank}, one LoRA across its projections")
+    value = f"{info.rank} (fused {'; '.join(fused)})" if fused else str(info.rank)
+    sources = {"lc.rank": "lc.rank", "tensors": "the fused up matrices' blocks"}
+    found = sorted({sources[kind.source] for kind in info.fused if kind.source in sources})
+    return value, "per projection, largest; from tensor shapes" + "".join(
+        f" and {source}" for source in found
+    )
+
+
 def _info_table(info) -> Table:
     """One row per fact: the file, then the lc.* keys, then diffusers' adapter config."""
     from ..lora_metadata import LC_KEYS
@@ -89,7 +111,7 @@ def _info_table(info) -> Table:
         ("size", f"{info.size_bytes:,} bytes", ""),
         ("tensors", str(info.tensors), ""),
         ("format", info.format, "key layout"),
-        ("rank", "-" if info.rank is None else str(info.rank), "largest, from tensor shapes"),
+        ("rank", *_rank_text(info)),
     ]
     for key, value in (info.lc or {}).items():
         meaning = LC_KEYS[key][1] if key in LC_KEYS else ""
