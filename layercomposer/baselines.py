@@ -54,14 +54,13 @@ def overlay_settings(base: RenderSettings, lora: str = OVERLAY_LORA) -> RenderSe
     or a hub id, fetched now so that a missing LoRA stops the run before any render), and the
     trigger phrase before the prompt. `base`'s LoRA scale is the LayerComposer LoRA's: the
     Overlay LoRA is applied at 1, as its card uses it."""
-    from .lora import resolve_lora_file
+    from .lora import LoraSpec, resolve_lora_file
 
     file = resolve_lora_file(fetch_lora(lora, "--overlay-lora"))
     return replace(
         base,
         mode="collage",
-        lora=str(file),
-        lora_scale=1.0,
+        loras=(LoraSpec(str(file), 1.0),),
         prompt_prefix=OVERLAY_PREFIX,
         method="overlay-kontext",
     )

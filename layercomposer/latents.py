@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import TEMP_SUFFIX
+from .files import atomic_path
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -71,10 +71,8 @@ class LatentCache:
         self._remember(key, latents)
         path = self._path(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(path.name + TEMP_SUFFIX)
-            save_file({"latents": latents}, temp)
-            temp.replace(path)
+            with atomic_path(path) as temp:
+                save_file({"latents": latents}, temp)
 
     def _remember(self, key: str, latents: torch.Tensor) -> None:
         self._memory[key] = latents

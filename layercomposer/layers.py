@@ -92,16 +92,24 @@ class CanvasLayer:
 
     @cached_property
     def token_mask(self) -> np.ndarray:
-        """(H/16, W/16) bool: the tokens this layer contributes (see `tokens.valid_token_mask`).
+        """(H/16, W/16) bool: the tokens this layer contributes (see `tokens.valid_token_mask`)."""
+        return self.token_mask_at(TOKEN_PX)
 
+    def token_mask_at(self, token_px: int) -> np.ndarray:
+        """(H/token_px, W/token_px) bool: `token_mask` for a model whose tokens are `token_px` wide.
+
+        FLUX's are 16 px (8x VAE, 2x2 packing); a pipeline asks for `2 * vae_scale_factor`.
         Samples the cut-out at the token centres it covers: the same pixels `valid_token_mask`
         reads from the canvas-sized alpha, without building it (16 layers at 2048^2 would be
         256 MB of it, and most of `lc inspect`'s time).
         """
-        grid, (x, y) = self.canvas_size.token_grid, self.origin
+        if token_px == TOKEN_PX and "token_mask" in self.__dict__:
+            return self.__dict__["token_mask"]
+        (x, y), size = self.origin, self.canvas_size
+        grid = Extent(size.width // token_px, size.height // token_px)
         height, width = self.cutout.shape[:2]
-        rows = np.arange(grid.height) * TOKEN_PX + TOKEN_PX // 2 - y  # centres in cut-out pixels
-        cols = np.arange(grid.width) * TOKEN_PX + TOKEN_PX // 2 - x
+        rows = np.arange(grid.height) * token_px + token_px // 2 - y  # centres in cut-out pixels
+        cols = np.arange(grid.width) * token_px + token_px // 2 - x
         on_rows, on_cols = (rows >= 0) & (rows < height), (cols >= 0) & (cols < width)
         mask = np.zeros((grid.height, grid.width), bool)
         alpha = self.cutout[np.ix_(rows[on_rows], cols[on_cols], [3])][..., 0]

@@ -6,19 +6,28 @@ warning, a file whose keys lack the `transformer.` prefix loads nothing at all, 
 narrower than the layer are zero-padded, and a LoRA for a 128-channel Flux Control model widens
 the transformer's `x_embedder`. Each gives a plausible but wrong image, so `load_lora` checks
 every converted key against the real modules before anything is applied.
+
+One conversion lc does itself: ComfyUI / kohya files whose keys are all attention and MLP
+layers of the FLUX blocks (what `lc lora export` writes). diffusers' kohya converter splits the
+single blocks' fused `linear1` at FLUX.1's hard-coded widths (3072 x 3 + 12288), so such a file
+cannot load into any other width (builtin:tiny), and splits a block-diagonal fused LoRA of
+unequal slots (q, k, v without the MLP) into rank-12 copies. `_split_fused_layers` splits at the
+model's real widths and gives each projection back its own rows and rank (`lora_fused`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from layercomposer.errors import ModelError, UsageError
+from layercomposer.errors import LcError, ModelError, UsageError
 from layercomposer.files import sha256_file
+from layercomposer.lora_fused import diffusers_modules, parse_key, split_columns
 
 ADAPTER_NAME = "layercomposer"
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
@@ -31,6 +40,7 @@ _FLUX_HINT = (
 # Never the Hub, never a pickle fallback (diffusers tries torch.load if safetensors fails).
 _LOCAL_SAFETENSORS = {"use_safetensors": True, "local_files_only": True}
 _SCALES_ATTR = "_lc_lora_scales"  # {adapter name: scale}, kept on the pipeline by set_lora_scale
+_LOADED_ATTR = "_lc_loras"  # {adapter name: LoraInfo}, kept on the pipeline by load_lora
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
 # Key prefixes diffusers' kohya/ComfyUI converter reads; it drops any other key without a word.
 _KOHYA_PREFIXES = (
@@ -56,6 +66,8 @@ class LoraInfo:
     scale: float
     target_modules: int  # layers the LoRA changes (transformer and CLIP text encoder)
     adapter_name: str
+    # Its lc.* metadata says lc trained it for the layered canvas (what `--mode auto` reads).
+    layered: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the fields as a JSON-ready dict."""
@@ -77,7 +89,16 @@ def load_lora(
     file = resolve_lora_file(path)
     keys = _safetensors_keys(file)
     fmt = detect_format(keys)
-    source = _diffusers_source(file, keys)
+    if fmt in ("comfyui", "kohya") and all(parse_key(key) for key in keys):
+        source, problems = _split_fused_layers(pipe, file)
+        if problems:
+            raise ModelError(
+                f"{file}: {len(problems)} of {len(keys)} LoRA keys do not match the FLUX "
+                f"transformer (e.g. {'; '.join(problems[:3])})",
+                hint=_FLUX_HINT,
+            )
+    else:
+        source = _diffusers_source(file, keys)
 
     try:
         # dict(...) because diffusers' kohya converter pops the keys it consumes.
@@ -115,7 +136,7 @@ def load_lora(
         ) from err
     set_lora_scale(pipe, scale, adapter_name)
 
-    return LoraInfo(
+    info = LoraInfo(
         path=str(file),
         sha256=sha256_file(file),
         format=fmt,
@@ -124,7 +145,109 @@ def load_lora(
         scale=float(scale),
         target_modules=checked.modules,
         adapter_name=adapter_name,
+        layered=_trained_for_layers(file),
     )
+    loaded = {k: v for k, v in getattr(pipe, _LOADED_ATTR, {}).items() if k != adapter_name}
+    setattr(pipe, _LOADED_ATTR, {**loaded, adapter_name: info})
+    return info
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to load: a .safetensors file (or a folder holding one) and its strength."""
+
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str, default_scale: float = 1.0) -> LoraSpec:
+        """`FILE` or `FILE:SCALE` (what `--lora` takes); a `:` not followed by a number is part
+        of the path."""
+        path, colon, scale = text.rpartition(":")
+        if colon and path:
+            try:
+                value = float(scale)
+            except ValueError:
+                pass
+            else:
+                if not math.isfinite(value):
+                    raise UsageError(f"--lora {text}: the scale must be a finite number")
+                return cls(path, value)
+        if not math.isfinite(default_scale):
+            raise UsageError(f"--lora-scale {default_scale}: the scale must be a finite number")
+        return cls(text, float(default_scale))
+
+    def to_text(self) -> str:
+        """The `--lora` value that gives this spec back."""
+        return f"{self.path}:{self.scale:g}"
+
+
+def adapter_names(count: int) -> list[str]:
+    """The adapter names `load_loras` gives `count` LoRAs: layercomposer, layercomposer_2, ..."""
+    return [ADAPTER_NAME if i == 0 else f"{ADAPTER_NAME}_{i + 1}" for i in range(count)]
+
+
+def load_loras(pipe: Any, loras: Sequence[LoraSpec | str]) -> list[LoraInfo]:
+    """Returns what was loaded after stacking `loras` (each at its scale) onto `pipe`, in order.
+
+    Every file is checked, and a `ModelError` lists every one that cannot be loaded, each with its
+    own key problems; `pipe` is then left with none of them.
+    """
+    specs = [spec if isinstance(spec, LoraSpec) else LoraSpec(str(spec)) for spec in loras]
+    loaded: list[LoraInfo] = []
+    failures: list[ModelError] = []
+    for spec, name in zip(specs, adapter_names(len(specs)), strict=True):
+        try:
+            with warnings.catch_warnings():  # stacking is what was asked for
+                warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
+                loaded.append(load_lora(pipe, spec.path, spec.scale, adapter_name=name))
+        except ModelError as err:
+            failures.append(err)
+    if failures:
+        for info in loaded:
+            unload_lora(pipe, info.adapter_name)
+        if len(specs) == 1:
+            raise failures[0]
+        raise ModelError(
+            f"{len(failures)} of {len(specs)} LoRAs cannot be loaded: "
+            + "; ".join(err.message for err in failures),
+            hint=failures[0].hint,
+        )
+    return loaded
+
+
+def unload_lora(pipe: Any, adapter_name: str = ADAPTER_NAME) -> None:
+    """Returns nothing; removes an adapter `load_lora` loaded (the others keep their scales)."""
+    if adapter_name in _loaded_adapters(pipe):
+        pipe.delete_adapters(adapter_name)
+    infos = {k: v for k, v in getattr(pipe, _LOADED_ATTR, {}).items() if k != adapter_name}
+    setattr(pipe, _LOADED_ATTR, infos)
+    scales = {k: v for k, v in getattr(pipe, _SCALES_ATTR, {}).items() if k != adapter_name}
+    setattr(pipe, _SCALES_ATTR, scales)
+    if scales:
+        pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+
+
+def loaded_loras(pipe: Any) -> list[LoraInfo]:
+    """Returns the LoRAs `load_lora` loaded into `pipe` that are still loaded, in load order."""
+    loaded = _loaded_adapters(pipe)
+    return [info for name, info in getattr(pipe, _LOADED_ATTR, {}).items() if name in loaded]
+
+
+def other_adapters(pipe: Any) -> list[str]:
+    """Returns the adapters loaded into `pipe` by other means (diffusers' `load_lora_weights`)."""
+    return sorted(_loaded_adapters(pipe) - set(getattr(pipe, _LOADED_ATTR, {})))
+
+
+def _trained_for_layers(file: Path) -> bool:
+    """Whether `file`'s lc.* metadata says lc trained it for the layered canvas."""
+    from layercomposer.lora_metadata import read_safetensors_header, trained_for_layers
+
+    try:
+        metadata, _ = read_safetensors_header(file)
+    except LcError:  # safetensors itself read it: a header lc refuses is no lc LoRA
+        return False
+    return trained_for_layers(metadata)
 
 
 def set_lora_scale(pipe: Any, scale: float, adapter_name: str = ADAPTER_NAME) -> None:
@@ -142,9 +265,13 @@ def set_lora_scale(pipe: Any, scale: float, adapter_name: str = ADAPTER_NAME) ->
     pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
 
 
-def has_layercomposer_lora(pipe: Any, prefix: str = ADAPTER_NAME) -> bool:
-    """Returns whether an adapter whose name starts with `prefix` is loaded (at any scale)."""
-    return any(name.startswith(prefix) for name in _loaded_adapters(pipe))
+def has_layercomposer_lora(pipe: Any) -> bool:
+    """Returns whether a LoRA lc trained for the layered canvas is loaded (at any scale).
+
+    What its file's lc.* metadata says (`lora_metadata.trained_for_layers`), not the adapter's
+    name: `load_lora` names every LoRA it loads after the method.
+    """
+    return any(info.layered for info in loaded_loras(pipe))
 
 
 def resolve_lora_file(path: str | Path) -> Path:
@@ -356,6 +483,75 @@ def _diffusers_source(file: Path, keys: list[str]) -> str | dict[str, Any]:
             key = key.replace(old, new)
         out[key] = value
     return out
+
+
+def _split_fused_layers(pipe: Any, file: Path) -> tuple[dict[str, Any], list[str]]:
+    """diffusers-named tensors (with alphas) for a ComfyUI / kohya file of FLUX block layers.
+
+    Also returns "key: why" for each file key that does not fit `pipe`'s transformer. Every key
+    of `file` must be known to `lora_fused.parse_key`.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    layers: dict[str, dict[str, tuple[str, Any]]] = {}  # layer -> part -> (file key, tensor)
+    problems: list[str] = []
+    for key, tensor in load_file(str(file)).items():
+        layer, part = parse_key(key)
+        if part in layers.setdefault(layer, {}):  # e.g. lora_down and lora_A, or two namings
+            problems.append(f"{key}: a second {part} weight for {layer}")
+            continue
+        layers[layer][part] = (key, tensor)
+    named = dict(pipe.transformer.named_modules())
+    out: dict[str, Any] = {}
+    for layer, parts in layers.items():
+        keys = [key for key, _ in parts.values()]
+        if "down" not in parts or "up" not in parts:
+            missing = "lora_up" if "down" in parts else "lora_down"
+            problems += [f"{key}: no matching {missing}.weight" for key in keys]
+            continue
+        (down_key, down), (up_key, up) = parts["down"], parts["up"]
+        modules = [named.get(name) for name in diffusers_modules(layer)]
+        if any(getattr(module, "out_features", None) is None for module in modules):
+            problems += [f"{key}: the transformer has no layer {layer}" for key in keys]
+            continue
+        rows = [module.out_features for module in modules]
+        rank = down.shape[0] if down.ndim == 2 else -1
+        if down.ndim != 2 or down.shape[1] != modules[0].in_features:
+            problems.append(
+                f"{down_key}: shape {list(down.shape)}, {layer} has {modules[0].in_features} "
+                "in-features"
+            )
+            continue
+        if tuple(up.shape) != (sum(rows), rank):
+            problems.append(
+                f"{up_key}: shape {list(up.shape)}, {layer} has {sum(rows)} out-features "
+                f"({' + '.join(map(str, rows))}) and the lora_down rank {rank}"
+            )
+            continue
+        alpha_key, alpha = parts.get("alpha", (None, None))
+        if alpha is not None and (alpha.numel() != 1 or not math.isfinite(alpha.item())):
+            problems.append(f"{alpha_key}: not one finite number")
+            continue
+        # ComfyUI and diffusers scale the fused layer by alpha / its rank (1 without an alpha).
+        scale = 1.0 if alpha is None else alpha.item() / rank
+        starts = [sum(rows[:slot]) for slot in range(len(rows))]
+        supports = [
+            (up[start : start + n] != 0).any(dim=0).numpy()
+            for start, n in zip(starts, rows, strict=True)
+        ]
+        columns = split_columns(supports) if len(rows) > 1 else None
+        for slot, name in enumerate(diffusers_modules(layer)):
+            used = torch.arange(rank) if columns is None else torch.from_numpy(columns[slot])
+            if not len(used):
+                continue  # a projection the LoRA leaves alone (zero rows)
+            prefix = f"transformer.{name}"
+            out[f"{prefix}.lora_A.weight"] = down[used].contiguous()  # (r, in)
+            b = up[starts[slot] : starts[slot] + rows[slot]]  # (out, rank)
+            out[f"{prefix}.lora_B.weight"] = b[:, used].contiguous()  # (out, r)
+            # alpha / r = scale, so peft applies exactly the fused layer's scale to this slot.
+            out[f"{prefix}.alpha"] = torch.tensor(scale * len(used), dtype=torch.float32)
+    return out, problems
 
 
 def _copy(source: str | dict[str, Any]) -> str | dict[str, Any]:

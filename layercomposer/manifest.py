@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import LcError
+from .errors import InputError, exception_text
 from .limits import read_json_bounded
 
 MANIFEST_VERSION = 1
@@ -54,13 +54,20 @@ def build_manifest(inputs: dict[str, Any], **facts: Any) -> dict[str, Any]:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Return a manifest written by `lc render`, or raise an LcError saying what is wrong."""
+    """Return a manifest written by `lc render`, or raise an InputError (exit 2) saying what is
+    wrong with the file."""
     try:
         manifest = read_json_bounded(path)
     except FileNotFoundError:
-        raise LcError(f"no manifest at {path}") from None
+        raise InputError(
+            f"no manifest at {path}",
+            hint="lc render writes OUT/<canvas>/<seed>.json beside each image "
+            "(e.g. out/four_people/4.json)",
+        ) from None
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise LcError(f"{path} is not a readable JSON manifest ({exc})") from None
+        raise InputError(
+            f"{path} is not a readable JSON manifest ({exception_text(exc)})"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise LcError(f"{path} is not an lc run manifest (version {MANIFEST_VERSION})")
+        raise InputError(f"{path} is not an lc run manifest (version {MANIFEST_VERSION})")
     return manifest

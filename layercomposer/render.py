@@ -19,11 +19,12 @@ from typing import Any, Literal
 import numpy as np
 
 from .canvas import Canvas, CanvasSpec, load_canvas
-from .errors import CanvasError, LcError, ModelError, UsageError
+from .errors import CanvasError, LcError, ModelError, UsageError, describe
 from .files import TEMP_SUFFIX, png_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from .fill import DEFAULT_FILL, FILLS, LEGACY_FILL
 from .layers import build_layers, image_file_hashes
 from .limits import open_image_bounded
+from .lora import LoraSpec
 from .manifest import build_manifest, inputs_sha256, read_manifest
 from .models import DEFAULT_MODEL
 
@@ -42,8 +43,7 @@ class RenderSettings:
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
-    lora: str | None = None
-    lora_scale: float = 1.0
+    loras: tuple[LoraSpec, ...] = ()  # stacked in this order, each at its scale
     mode: str = "auto"
     encode: str = "canvas"
     dtype: str = "auto"
@@ -127,8 +127,9 @@ def resolve_fill(settings: RenderSettings) -> FillChoice:
 
     if settings.fill not in (*FILLS, "auto"):
         raise UsageError(f"--fill {settings.fill!r}: choose one of auto, {', '.join(FILLS)}")
-    recorded = lora_fill(settings.lora) if settings.lora else None
-    return choose_fill(settings.fill, recorded, bool(settings.lora))
+    # The first LoRA that records a fill decides (several: the method's LoRA comes first).
+    recorded = next((fill for spec in settings.loras if (fill := lora_fill(spec.path))), None)
+    return choose_fill(settings.fill, recorded, bool(settings.loras))
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Renderer:
     on_step: Callable[[int, int], None] | None = None
     pipe: Any = None
     model_info: Any = None
-    lora_info: Any = None
+    lora_infos: list = field(default_factory=list)  # lora.LoraInfo, in load order
     load_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # settings that contradict each other
@@ -176,10 +177,10 @@ class Renderer:
             s.model, s.revision, s.dtype, s.device, s.offload, s.attention_backend,
             speed=s.speed_options(),
         )  # fmt: skip
-        if s.lora:
-            from .lora import load_lora
+        if s.loras:
+            from .lora import load_loras
 
-            self.lora_info = load_lora(self.pipe, s.lora, s.lora_scale)
+            self.lora_infos = load_loras(self.pipe, s.loras)
         self.pipe.latent_cache = LatentCache(s.cache_dir)
         self.load_seconds = time.perf_counter() - started
 
@@ -230,7 +231,7 @@ class Renderer:
                 generator=generator,
                 encode=self.settings.encode,
                 output_type="np",
-                step_callback=self.on_step,
+                callback_on_step_end=progress_callback(self.on_step),
                 fill=fill.fill,
             )
         except torch.OutOfMemoryError:
@@ -257,7 +258,7 @@ class Renderer:
             mode_reason=output.mode_reason,
             method=self.settings.method or output.mode,
             model=self.model_info.to_dict(),
-            lora=self.lora_info.to_dict() if self.lora_info else None,
+            lora=one_or_list([info.to_dict() for info in self.lora_infos]),
             fill=fill.to_dict(),
             dtype=str(self.pipe.transformer.dtype).removeprefix("torch."),
             device=str(device),
@@ -281,21 +282,49 @@ class Renderer:
         )  # fmt: skip
 
 
+def one_or_list(items: list[dict]) -> dict | list[dict] | None:
+    """A manifest's LoRA entry: None without a LoRA, the dict of one, the list of several."""
+    return None if not items else items[0] if len(items) == 1 else items
+
+
+def as_list(entry: dict | list[dict] | None) -> list[dict]:
+    """The LoRAs of a manifest's `lora` entry (see `one_or_list`), as a list."""
+    return [] if not entry else [entry] if isinstance(entry, dict) else list(entry)
+
+
+def progress_callback(on_step: Callable[[int, int], None] | None) -> Callable | None:
+    """A diffusers `callback_on_step_end` that tells `on_step` (steps done, steps in all)."""
+    if on_step is None:
+        return None
+
+    def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+        on_step(step + 1, pipe.num_timesteps)
+        return {}
+
+    return callback
+
+
 def render_inputs(
     canvas: Canvas, settings: RenderSettings, seed: int, fill: str | None = None
 ) -> dict[str, Any]:
     """What determines a render's output: the resolved canvas, its files' hashes, the settings.
 
     `fill` is the resolved fill when the caller already has it; None resolves it here."""
-    lora = None
-    if settings.lora:
-        digest = sha256_file(settings.lora) if Path(settings.lora).is_file() else None
-        lora = {"path": settings.lora, "sha256": digest, "scale": settings.lora_scale}
+    loras = [
+        {
+            "path": spec.path,
+            "sha256": sha256_file(spec.path) if Path(spec.path).is_file() else None,
+            "scale": spec.scale,
+        }
+        for spec in settings.loras
+    ]
     return {
         **canvas_inputs(canvas),
         "model": settings.model,
         "revision": settings.revision,
-        "lora": lora,
+        # One LoRA: a dict, as before several could be stacked (so --resume still knows those
+        # outputs); several: a list of them, in load order.
+        "lora": one_or_list(loras),
         "seed": seed,
         "mode": settings.mode,
         "encode": settings.encode,
@@ -420,22 +449,13 @@ def render_batch(
         for this_seed in seeds:
             try:
                 record(renderer.render(canvas, this_seed, Path(out_dir), resume))
-            except (ModelError, UsageError):
-                raise
+            except (ModelError, UsageError, ImportError):
+                raise  # every later canvas would fail the same way: stop, say it once
             except CanvasError as exc:
                 record(RenderResult(str(path), this_seed, "failed", error=str(exc), exit_code=2))
-            except LcError as exc:
-                message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-                record(RenderResult(str(path), this_seed, "failed", error=message, exit_code=1))
             except Exception as exc:  # noqa: BLE001 - one bad canvas must not stop the batch
                 record(
-                    RenderResult(
-                        str(path),
-                        this_seed,
-                        "failed",
-                        error=f"{type(exc).__name__}: {exc}",
-                        exit_code=1,
-                    )
+                    RenderResult(str(path), this_seed, "failed", error=describe(exc), exit_code=1)
                 )
             if fail_fast and results[-1].status == "failed":
                 return results
@@ -490,10 +510,12 @@ def rerender_manifest(
             f"input images changed since {manifest_path} was written: {', '.join(changed)}",
             hint="a manifest reproduces only with the same input files",
         )
-    lora = inputs.get("lora") or {}
+    loras = tuple(
+        LoraSpec(lora["path"], lora.get("scale", 1.0)) for lora in as_list(inputs.get("lora"))
+    )
     settings = RenderSettings(
-        model=inputs["model"], revision=inputs["revision"], lora=lora.get("path"),
-        lora_scale=lora.get("scale", 1.0), mode=inputs["mode"], encode=inputs["encode"],
+        model=inputs["model"], revision=inputs["revision"], loras=loras,
+        mode=inputs["mode"], encode=inputs["encode"],
         dtype=inputs["dtype"], device=inputs["device"], fill=inputs.get("fill", LEGACY_FILL),
         prompt_prefix=inputs.get("prompt_prefix", ""),
         **{**SPEED_DEFAULTS, **inputs.get("speed", {})},

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
+from .choices import Quantize, names
 from .errors import UsageError
 
-Quantize = Literal["none", "int8", "fp8"]
-QUANTIZE_MODES = ("none", "int8", "fp8")
+QUANTIZE_MODES = names(Quantize)
 # Inductor on a GPU; the tests swap in "eager" (dynamo tracing only), which compiles in seconds.
 COMPILE_BACKEND = "inductor"
 _FBC_HEAD_HOOK = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK

@@ -137,7 +137,7 @@ def test_diffusers_file_loads_and_changes_output(files, base_out) -> None:
     pipe = fresh_pipe()
     assert not has_layercomposer_lora(pipe)
     info = load_lora(pipe, files["diffusers"], scale=0.75)
-    assert has_layercomposer_lora(pipe)
+    assert not has_layercomposer_lora(pipe) and not info.layered  # no lc.* metadata: not lc's
     assert not torch.equal(transformer_out(pipe), base_out)
     assert info.format == "diffusers"
     assert info.rank == RANK
@@ -195,7 +195,7 @@ def test_second_adapter_keeps_the_first_active(files, base_out) -> None:
     assert not has_layercomposer_lora(pipe)
     only_style = transformer_out(pipe)
     load_lora(pipe, files["diffusers"])
-    assert has_layercomposer_lora(pipe)
+    assert not has_layercomposer_lora(pipe)  # neither file's metadata says lc trained it
     both = transformer_out(pipe)
     assert not torch.equal(both, only_style)
     set_lora_scale(pipe, 0.0)
@@ -313,14 +313,45 @@ def test_kohya_keys_diffusers_would_drop_are_counted(tmp_path, lora_sd) -> None:
         load_lora(fresh_pipe(), write(tmp_path, sd))
 
 
-def test_kohya_single_block_sizes_are_flux_only(tmp_path) -> None:
-    # diffusers' converter hard-codes FLUX.1's 3072/12288 split of linear1.
+def test_kohya_fused_single_block_loads_at_the_models_width(tmp_path) -> None:
+    # A LoRA trained on the fused linear1 itself (kohya): one dense up across q, k, v and the
+    # MLP input. diffusers' converter splits linear1 only at FLUX.1's 3 x 3072 + 12288 rows;
+    # lc splits it at the model's (3 x 32 + 128). The reference merges the change by hand.
+    generator = torch.Generator().manual_seed(3)
+    down = torch.randn(RANK, 32, generator=generator)
+    up = torch.randn(224, RANK, generator=generator)
+    name = "lora_unet_single_blocks_0_linear1"
+    sd = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up}
+    sd[f"{name}.alpha"] = torch.tensor(6.0)
+    pipe = fresh_pipe()
+    info = load_lora(pipe, write(tmp_path, sd))
+    assert info.format == "kohya" and info.target_modules == 4 and info.rank == RANK
+
+    merged = fresh_pipe()
+    block = merged.transformer.single_transformer_blocks[0]
+    layers = (block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp)
+    change = 6.0 / RANK * up @ down  # (224, 32): scaled by alpha / rank, as kohya and ComfyUI
+    with torch.no_grad():
+        for layer, rows in zip(layers, change.split([32, 32, 32, 128]), strict=True):
+            layer.weight += rows
+    torch.testing.assert_close(transformer_out(pipe), transformer_out(merged), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("down_in", "up_rows", "mentions"),
+    [(3072, 21504, "32 in-features"), (32, 21504, "224 out-features (32 + 32 + 32 + 128)")],
+)
+def test_fused_layer_of_another_width_is_refused(tmp_path, base_out, down_in, up_rows, mentions):
+    name = "diffusion_model.single_blocks.0.linear1"  # FLUX.1's widths, builtin:tiny's model
     sd = {
-        "lora_unet_single_blocks_0_linear1.lora_down.weight": torch.randn(RANK, 32),
-        "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.randn(224, RANK),
+        f"{name}.lora_down.weight": torch.randn(RANK, down_in),
+        f"{name}.lora_up.weight": torch.randn(up_rows, RANK),
     }
-    with pytest.raises(ModelError, match="could not convert this kohya-format LoRA"):
-        load_lora(fresh_pipe(), write(tmp_path, sd))
+    pipe = fresh_pipe()
+    with pytest.raises(ModelError, match="1 of 2 LoRA keys do not match") as caught:
+        load_lora(pipe, write(tmp_path, sd))
+    assert mentions in caught.value.message
+    assert pipe.get_list_adapters() == {} and torch.equal(transformer_out(pipe), base_out)
 
 
 def test_missing_file(tmp_path) -> None:

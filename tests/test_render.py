@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,7 +245,7 @@ def test_accelerate_launch_splits_canvases_across_two_processes(tmp_path, make_c
         )
 
 
-def test_lora_switches_auto_to_layered_and_is_recorded(tmp_path, make_canvas):
+def test_a_lora_without_lc_metadata_leaves_auto_collage_and_is_recorded(tmp_path, make_canvas):
     from diffusers import FluxKontextPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
@@ -269,7 +270,10 @@ def test_lora_switches_auto_to_layered_and_is_recorded(tmp_path, make_canvas):
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / "scene0" / "0.json").read_text())
-    assert manifest["mode_used"] == "layered" and "LoRA is loaded" in manifest["mode_reason"]
+    # A plain peft LoRA says nothing of the layered canvas: auto stays collage, naming the file.
+    assert manifest["mode_used"] == "collage"
+    assert "pytorch_lora_weights.safetensors has no lc.* metadata" in manifest["mode_reason"]
+    assert "pytorch_lora_weights.safetensors has no lc.* metadata" in result.output
     assert manifest["lora"]["sha256"] == sha256_file(lora_file) and manifest["lora"]["rank"] == 4
     assert manifest["inputs"]["lora"]["scale"] == 0.5
 
@@ -301,3 +305,34 @@ def test_offload_needs_a_gpu(tmp_path, make_canvas):
         "render", canvas, *TINY, "--device", "cpu", "--offload", "model", "-o", tmp_path / "out"
     )
     assert result.exit_code == 2 and "--offload none" in result.output
+
+
+def test_a_missing_manifest_is_an_input_error(tmp_path):
+    result = lc("render", "--from-manifest", tmp_path / "none.json")
+    assert result.exit_code == 2, result.output
+    assert f"no manifest at {tmp_path / 'none.json'}" in result.output
+    assert "OUT/<canvas>/<seed>.json" in result.output
+
+
+def test_the_help_example_reproduces_the_manifest_the_first_example_writes():
+    from layercomposer.canvas import load_canvas
+    from layercomposer.cli.render import render_cli
+
+    examples = render_cli.__doc__.split("Examples:")[1].splitlines()
+    first = next(
+        line.split() for line in examples if line.strip().startswith("lc render canvases/")
+    )
+    reproduce = next(line.split() for line in examples if "--from-manifest" in line)
+    canvas = load_canvas(REPO / first[2])
+    manifest = reproduce[reproduce.index("--from-manifest") + 1]
+    assert manifest == f"out/{canvas.name}/{canvas.spec.seed}.json"  # -o defaults to out
+
+
+def test_a_log_line_per_output_says_how_far_the_batch_is(tmp_path, make_canvas):
+    canvases = small_canvases(make_canvas, 2)
+    result = lc("render", *canvases, *TINY, "-o", tmp_path / "out", "-n", "2")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("rendered ")]
+    assert len(lines) == 4
+    assert re.search(r"\([\d.]+ s; 1/4, [\d.]+ s each, about [\d.]+ s left\)$", lines[0]), lines
+    assert re.search(r"\([\d.]+ s; 4/4, [\d.]+ s each, [\d.]+ s in all\)$", lines[3]), lines

@@ -9,6 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from diffusers import FluxKontextPipeline
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import disc_rgba
@@ -61,8 +63,12 @@ def layers(origins=((8, 20), (80, 30))) -> list[CanvasLayer]:
     ]
 
 
-def render(pipe, canvas_layers, seed=5):
-    return pipe("a photo", canvas_layers, generator=torch.Generator().manual_seed(seed), **STEPS)
+def render(pipe, canvas_layers, seed=5, **kwargs):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompt="a photo", layers=canvas_layers, generator=torch.Generator().manual_seed(seed),
+        **STEPS, **kwargs,
+    )  # fmt: skip
 
 
 # --- canvas preparation -----------------------------------------------------------------------
@@ -183,6 +189,34 @@ def test_first_block_cache_skips_steps_only_past_its_threshold(components):
     assert np.abs(first_only.images - reference.images).max() > 0
     again = render(pipe, layers())  # the cache starts afresh for every render
     np.testing.assert_array_equal(again.images, first_only.images)
+
+
+def test_first_block_cache_keeps_true_cfg_passes_apart_and_works_without_a_canvas(components):
+    """Kontext's loop opens no cache context (stock Kontext refuses a first-block cache); lc's
+    names the positive pass "cond" and true CFG's negative pass "uncond", as FluxPipeline does."""
+    cfg = dict(negative_prompt="blurry", true_cfg_scale=3.0)
+    reference = render(LayerComposerPipeline(**components), layers(), **cfg)
+    pipe = own_transformer(components)
+    speed.apply_speed_options(pipe.transformer, SpeedOptions(first_block_cache=1e-9))
+    every = render(pipe, layers(), **cfg)
+    assert every.first_block_cache == {"threshold": 1e-9, "steps": 3, "full_steps": 3}
+    np.testing.assert_array_equal(every.images, reference.images)
+
+    image = Image.fromarray(blob(0, (64, 64))[..., :3])
+    plain = dict(
+        image=image, prompt="a photo", height=64, width=64, max_area=64 * 64,
+        _auto_resize=False, **STEPS,
+    )  # fmt: skip
+    stock = FluxKontextPipeline(**components)
+    stock.set_progress_bar_config(disable=True)
+    expected = stock(**plain, generator=torch.Generator().manual_seed(5)).images
+    np.testing.assert_array_equal(
+        pipe(**plain, generator=torch.Generator().manual_seed(5)).images, expected
+    )
+    with pytest.raises(ValueError, match="cache context"):  # why lc opens one
+        FluxKontextPipeline(**{**components, "transformer": pipe.transformer})(
+            **plain, generator=torch.Generator().manual_seed(5)
+        )
 
 
 def test_speed_options_are_recorded_and_change_the_inputs_hash(tmp_path, make_canvas):

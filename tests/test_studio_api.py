@@ -572,3 +572,38 @@ def _get_when_up(url: str, timeout: float = 30.0):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_lc_studio_tells_the_terminal_when_the_model_fails_to_load(canvas, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "layercomposer", "studio", str(canvas), "--no-browser",
+         "--model", str(tmp_path / "nowhere")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines = [_read_line(process, timeout=60) for _ in range(5)]
+    finally:
+        process.kill()
+        process.wait(15)
+    assert lines[0].startswith("lc studio: http://127.0.0.1:"), lines
+    assert "(loading in the background)" in lines[2]
+    failed = lines[4]
+    assert failed.startswith(f"  model: failed: model folder {tmp_path / 'nowhere'} does not exist")
+    assert "(hint: pass a diffusers folder of a FLUX.1 model" in failed
+
+
+def test_a_browser_that_cannot_be_opened_is_said_so(monkeypatch):
+    from layercomposer.studio import server
+
+    said: list[str] = []
+    for outcome in (False, RuntimeError("no display"), True):
+
+        def fake_open(url, outcome=outcome):
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        monkeypatch.setattr(server.webbrowser, "open", fake_open)
+        server._open_browser("http://127.0.0.1:1/?token=x", said.append)
+    assert said == ["  no browser could be opened here: open the address above in one yourself"] * 2

@@ -29,18 +29,20 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .. import __version__
+from ..choices import Encode, Mode, names
 from ..errors import CanvasError, LcError
 from ..files import png_bytes
 from ..limits import MAX_REQUEST_JSON_BYTES, loads_json_bounded, size_text
+from ..lora import LoraSpec
 from ..manifest import read_manifest
 from ..preview import PALETTE
-from ..render import RenderSettings, seeds_for
+from ..render import RenderSettings, as_list, seeds_for
 from ..report import canvas_report
 from .jobs import FINAL, RenderJob, RenderQueue
 from .workspace import Refused, Workspace
 
-ENCODES = ("box", "canvas")
-MODES = ("auto", "layered", "collage")
+ENCODES = names(Encode)
+MODES = names(Mode)
 KEEPALIVE_SECONDS = 15.0  # an SSE comment now and then, so proxies and browsers keep the stream
 DISCONNECT_POLL_SECONDS = 0.5  # how soon a vanished client's render is cancelled, at most
 HISTORY_LIMIT = 40
@@ -83,7 +85,7 @@ class StudioApi:
                 "version": __version__,
                 "canvases": self.workspace.canvases(),
                 "model": s.model,
-                "lora": Path(s.lora).name if s.lora else None,
+                "lora": ", ".join(Path(spec.path).name for spec in s.loras) or None,
                 "mode": s.mode,
                 "encode": s.encode,
                 "fill": s.fill,
@@ -275,9 +277,8 @@ class StudioApi:
         parts = ["lc render", shlex.quote(shown), "--model", shlex.quote(inputs["model"])]
         if inputs.get("revision"):
             parts += ["--revision", inputs["revision"]]
-        if inputs.get("lora"):
-            parts += ["--lora", shlex.quote(inputs["lora"]["path"])]
-            parts += ["--lora-scale", str(inputs["lora"]["scale"])]
+        for lora in as_list(inputs.get("lora")):  # one LoRA: a dict; several: a list
+            parts += ["--lora", shlex.quote(LoraSpec(lora["path"], lora["scale"]).to_text())]
         parts += ["--seed", str(inputs["seed"]), "--mode", inputs["mode"]]
         parts += ["--encode", inputs["encode"]]
         if inputs.get("fill"):  # the fill used, explicitly: the line renders the same image

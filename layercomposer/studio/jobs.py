@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..canvas import Canvas
-from ..errors import CanvasError, LcError
+from ..errors import LcError, describe
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL: tuple[Status, ...] = ("done", "failed", "cancelled")
 Notify = Callable[[dict[str, Any]], None]
-RENDER_EXTRA_HINT = "rendering needs the render extra: pip install -e '.[render]'"
 
 
 class RenderCancelled(Exception):
@@ -72,11 +71,19 @@ class RenderJob:
 class RenderQueue:
     """Runs jobs one after another on a worker thread; tells each job's listener how it goes."""
 
-    def __init__(self, renderer: Any, preload: bool = False, keep_finished: int = 20):
+    def __init__(
+        self,
+        renderer: Any,
+        preload: bool = False,
+        keep_finished: int = 20,
+        on_model_status: Callable[[str], None] | None = None,
+    ):
         self.renderer = renderer  # a render.Renderer, or anything with .settings/.on_step/.render
-        # "idle" until something loads the model; the page shows it beside the Render button.
+        # "idle" until something loads the model; the page shows it beside the Render button,
+        # and `on_model_status` (the terminal) hears how the preload ended.
         self.model_status = "loading" if preload else "idle"
         self._preload = preload
+        self._on_model_status = on_model_status
         self._waiting: deque[RenderJob] = deque()
         self._running: RenderJob | None = None
         self._finished: deque[RenderJob] = deque(maxlen=keep_finished)
@@ -131,15 +138,16 @@ class RenderQueue:
 
     def _work(self) -> None:
         if self._preload:  # load while the user arranges layers, not on the first Render
+            started = time.perf_counter()
             try:
                 self.renderer.load()
                 self.model_status = "ready"
-            except ImportError as exc:
-                self.model_status = f"failed: {exc.name} is missing ({RENDER_EXTRA_HINT})"
+                told = f"ready ({time.perf_counter() - started:.1f} s)"
             except Exception as exc:  # noqa: BLE001 - reported to the page; a render retries
-                hint = getattr(exc, "hint", None)
-                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-                self.model_status = f"failed: {message}" + (f" (hint: {hint})" if hint else "")
+                self.model_status = told = f"failed: {describe(exc)}"
+            if self._on_model_status is not None:
+                with contextlib.suppress(Exception):  # a closed terminal must not stop the worker
+                    self._on_model_status(told)
         while True:
             with self._lock:
                 while not self._waiting and not self._closed:
@@ -179,14 +187,8 @@ class RenderQueue:
             return "done", None, result
         except RenderCancelled:
             return "cancelled", None, None
-        except CanvasError as exc:
-            return "failed", str(exc), None
-        except LcError as exc:
-            return "failed", exc.message + (f" (hint: {exc.hint})" if exc.hint else ""), None
-        except ImportError as exc:
-            return "failed", f"{exc.name} is missing ({RENDER_EXTRA_HINT})", None
         except Exception as exc:  # noqa: BLE001 - one failed render must not stop the studio
-            return "failed", f"{type(exc).__name__}: {exc}", None
+            return "failed", describe(exc), None
         finally:
             renderer.on_step = None
 

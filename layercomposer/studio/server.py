@@ -41,9 +41,11 @@ def create_app(
     token: str,
     allowed_hosts: frozenset[str] | set[str] = LOOPBACK_HOSTS,
     preload: bool = False,
+    on_model_status: Callable[[str], None] | None = None,
 ) -> Starlette:
-    """The studio as an ASGI app; `app.state.studio` is its `StudioApi` (queue, settings)."""
-    queue = RenderQueue(renderer, preload=preload)
+    """The studio as an ASGI app; `app.state.studio` is its `StudioApi` (queue, settings).
+    `on_model_status` hears how the preload ended ("ready (3.1 s)", "failed: ...")."""
+    queue = RenderQueue(renderer, preload=preload, on_model_status=on_model_status)
     api = StudioApi(workspace, queue, renderer.settings)
 
     async def index(request: Request) -> Response:
@@ -124,7 +126,19 @@ def serve(
         )
         hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
     token = new_token()
-    app = create_app(workspace, Renderer(settings), token, hosts, preload=True)
+    # The model's line comes after the address, never before it: one held back meanwhile.
+    lock = threading.Lock()
+    held: list[str] = []
+    announced = False
+
+    def model_status(status: str) -> None:
+        with lock:
+            if not announced:
+                held.append(status)
+                return
+        say(f"  model: {status}")
+
+    app = create_app(workspace, Renderer(settings), token, hosts, True, model_status)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{_url_host(shown)}:{port}/?token={token}"
 
@@ -133,11 +147,26 @@ def serve(
         say(f"  canvases: {', '.join(workspace.canvases()) or '(none yet)'} in {workspace.root}")
         say(f"  model: {settings.model} (loading in the background), encode {settings.encode}")
         say(f"  renders go to {workspace.output}; press Ctrl+C to stop")
+        nonlocal announced
+        with lock:
+            announced = True
+            for status in held:
+                say(f"  model: {status}")
         if open_browser:
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+            threading.Thread(target=_open_browser, args=(url, say), daemon=True).start()
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     _announcing_server(config, listening).run(sockets=[sock])
+
+
+def _open_browser(url: str, say: Callable[[str], None]) -> None:
+    """Open `url` in a browser, or say that none could be (no display, no browser installed)."""
+    try:
+        opened = webbrowser.open(url)
+    except Exception:  # noqa: BLE001 - a broken browser setup is only a missed convenience
+        opened = False
+    if not opened:
+        say("  no browser could be opened here: open the address above in one yourself")
 
 
 def _announcing_server(config: Any, on_listening: Callable[[], None]) -> Any:
