@@ -28,6 +28,7 @@ from .models import (
     ModelInfo,
     ModelKind,
     _first_line,
+    local_folder,
     resolve_device,
     resolve_dtype,
 )
@@ -167,15 +168,7 @@ def _from_pretrained(model: str, revision: str | None, torch_dtype, target: torc
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
     kind = CAPTIONER_KIND
-    folder = Path(model).expanduser()
-    looks_local = folder.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
-    if looks_local and not (folder / "config.json").is_file():
-        what = "does not exist" if not folder.exists() else "has no config.json"
-        raise ModelError(
-            f"captioner folder {folder} {what}",
-            hint=f"pass a transformers folder of a {kind.name} model, a hub id such as "
-            f"{kind.example}, or builtin:tiny for a random-weight test captioner",
-        )
+    folder, looks_local = local_folder(model, kind, "config.json", "transformers", "captioner")
     source = str(folder) if looks_local else model
     hint = f"download it with `hf download {model}` (or point {kind.option} at a local copy)"
     try:

@@ -22,8 +22,13 @@ class ModelError(LcError):
     """A model, LoRA or weight file could not be found or loaded."""
 
 
+class MissingPackage(LcError):
+    """An optional package a command needs is not installed (see `missing_package`)."""
+
+
 class InputError(LcError):
-    """An input image cannot be used: unreadable, or no usable face in it (`lc autolayout`)."""
+    """An input file cannot be used: missing, unreadable, not what it should be, or (`lc
+    autolayout`) an image with no usable face in it. Exit 2, like a usage error."""
 
 
 @dataclass(frozen=True)
@@ -45,3 +50,74 @@ class CanvasError(LcError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+# --- shaping messages ---------------------------------------------------------------------------
+# Every message that quotes another library's exception goes through `exception_text`, and every
+# one-line account of a failure (a batch's failure table, the studio's status) through
+# `describe`: one place decides how long a quote may be and where it is cut.
+
+QUOTE_LIMIT = 300  # characters of another library's message kept in one of ours
+
+# The extra that brings each optional package (pyproject.toml); `missing_package` names it.
+EXTRAS: dict[str, str] = {
+    **dict.fromkeys(
+        ("torch", "diffusers", "transformers", "accelerate", "peft", "safetensors",
+         "sentencepiece", "huggingface_hub"),
+        "render",
+    ),
+    **dict.fromkeys(("mediapipe", "dlib", "face_recognition_models"), "autolayout"),
+    **dict.fromkeys(("starlette", "uvicorn", "ruamel"), "studio"),
+    "av": "video",
+    "matplotlib": "eval",
+    "torchao": "quantize",
+}  # fmt: skip
+TORCH_FIRST = "pip install torch==2.13.0"  # before any extra: a bare torch may be a CUDA build
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` on one line of at most `limit` characters, cut after a whole word and marked '…'."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 4:  # a word boundary not too far back; else one endless token is cut
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + "…"
+
+
+def exception_text(exc: BaseException, limit: int = QUOTE_LIMIT) -> str:
+    """What an exception says, for quoting in a message: its first line, shortened (see
+    `shorten`), or its type's name when it says nothing."""
+    lines = str(exc).strip().splitlines()
+    return shorten(lines[0], limit) if lines and lines[0].strip() else type(exc).__name__
+
+
+def missing_package(exc: ImportError) -> MissingPackage | None:
+    """The error to report for an optional package that is not installed, with the line that
+    installs it; None when `exc` is not about one (a bug, or a broken installation)."""
+    name = (exc.name or "").split(".")[0]
+    if not name or name == "layercomposer" or not isinstance(exc, ModuleNotFoundError):
+        return None
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return MissingPackage(f"the package {name} is not installed", hint=f"pip install {name}")
+    install = f"pip install -e '.[{extra}]'"
+    if extra in ("render", "quantize") or name == "torch":
+        install = f"{TORCH_FIRST} && {install}"
+    return MissingPackage(
+        f"{name} is not installed; it comes with lc's [{extra}] extra",
+        hint=f"from lc's source folder: {install}",
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong and, when known, what to do: for tables and logs."""
+    if isinstance(exc, CanvasError):
+        return str(exc)
+    if isinstance(exc, ImportError):
+        exc = missing_package(exc) or exc
+    if isinstance(exc, LcError):
+        return exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    return f"{type(exc).__name__}: {exception_text(exc)}"

@@ -8,13 +8,12 @@ with the same one, so `lc train` records it in the LoRA file (see `lora_metadata
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-Fill = Literal["black", "grey"]
+from .choices import Fill, names
+
 FILL_VALUES: dict[str, int] = {"black": 0, "grey": 128}
-FILLS = tuple(FILL_VALUES)
+FILLS = names(Fill)
 DEFAULT_FILL: Fill = "black"
 LEGACY_FILL: Fill = "grey"  # what manifests written before the fill was recorded were rendered with
 

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ModelError, UsageError
+from .choices import Dtype, Offload, names
+from .errors import ModelError, UsageError, exception_text
 
 if TYPE_CHECKING:  # torch is imported when a model is loaded, so `lc validate` starts fast
     import torch
@@ -22,9 +23,10 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, so `lc validate` 
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
 QWEN_EDIT_MODEL = "Qwen/Qwen-Image-Edit"  # lc bench's qwen-image-edit baseline
+# lc dataset caption's (see captioner.py): Apache-2.0; the 3B is under the Qwen Research Licence.
+DEFAULT_CAPTIONER = "Qwen/Qwen2.5-VL-7B-Instruct"
 TINY_MODEL_ID = "builtin:tiny"
-Offload = Literal["none", "model", "sequential"]
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = tuple(name for name in names(Dtype) if name != "auto")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,23 @@ class ModelKind:
 
 FLUX_KIND = ModelKind("FLUX.1", DEFAULT_MODEL, "--model", gated=True)
 QWEN_EDIT_KIND = ModelKind("Qwen-Image-Edit", QWEN_EDIT_MODEL, "--qwen-model", gated=False)
+
+
+def local_folder(
+    model: str, kind: ModelKind, marker: str, library: str, what: str
+) -> tuple[Path, bool]:
+    """The folder `model` names and whether it names one (else it is a hub id `owner/name`);
+    a folder without its `marker` file is a ModelError saying what to pass instead."""
+    folder = Path(model).expanduser()
+    looks_local = folder.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local and not (folder / marker).is_file():
+        problem = "does not exist" if not folder.exists() else f"has no {marker}"
+        raise ModelError(
+            f"{what} folder {folder} {problem}",
+            hint=f"pass a {library} folder of a {kind.name} model, a hub id such as "
+            f"{kind.example}, or builtin:tiny for a random-weight test {what}",
+        )
+    return folder, looks_local
 
 
 @dataclass(frozen=True)
@@ -189,15 +208,7 @@ def _from_pretrained(
 
     from .pipeline import LayerComposerPipeline
 
-    folder = Path(model).expanduser()
-    looks_local = folder.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
-    if looks_local and not (folder / "model_index.json").is_file():
-        what = "does not exist" if not folder.exists() else "has no model_index.json"
-        raise ModelError(
-            f"model folder {folder} {what}",
-            hint=f"pass a diffusers folder of a {kind.name} model, a hub id such as "
-            f"{kind.example}, or builtin:tiny for a random-weight test model",
-        )
+    folder, looks_local = local_folder(model, kind, "model_index.json", "diffusers", "model")
     download = f"download it with `hf download {model}` (or point {kind.option} at a local copy)"
     gated_hint = (
         f"{model} is gated: accept its licence on https://huggingface.co/{model}, log in with "
@@ -299,5 +310,13 @@ def _find_model_index(local: str | None, pipe) -> Path | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """Why a load failed, for the message: a hub that cannot be reached is said so (the
+    library's own text is about the cache, its arguments and a stack trace we do not show)."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:  # a chain can loop back on itself
+        seen.add(id(cause))
+        if any(word in type(cause).__name__ for word in ("Connect", "Timeout")):
+            return f"the hub cannot be reached: {exception_text(cause)}"
+        cause = cause.__cause__ or cause.__context__
+    return exception_text(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,40 @@ def test_masks_replace_the_segmenter_and_must_match_their_subject(
             masks={"bob": tmp_path / "mask.png"},
             output=tmp_path / "c.yaml",
         )
+
+
+def test_more_prior_faces_than_subjects_says_which_faces_are_taken(
+    tmp_path, photos, subjects, detector
+):
+    pastes = [
+        ("astronaut", 0.4, (20, 100)),
+        ("hopper", 0.3, (330, 100)),
+        ("astronaut", 0.4, (640, 100)),
+    ]
+    prior, _ = group_prior(tmp_path, photos, detector, pastes, size=(960, 480))
+    result, warnings = run(tmp_path, [subjects["hopper"]], prior=prior)
+    (said,) = [w for w in warnings if "the prior has" in w]
+    taken = result.placements[0].face_index
+    assert f"the prior has 3 faces for 1 subject: hopper on face {taken} (at " in said
+    left = sorted({0, 1, 2} - {taken})
+    assert f"faces {left[0]} (at " in said and f", {left[1]} (at " in said and "left empty" in said
+    two, _ = group_prior(tmp_path, photos, detector, pastes[:2], size=(960, 480))
+    _, warnings = run(tmp_path, [subjects["hopper"]], prior=two, output=tmp_path / "two.yaml")
+    (said,) = [w for w in warnings if "the prior has" in w]
+    assert "the prior has 2 faces for 1 subject: hopper on face" in said
+    assert re.search(r"; face \d \(at \d+,\d+\) left empty", said), said
+
+
+def test_a_missing_prior_model_names_the_option_that_sets_it(tmp_path, subjects, monkeypatch):
+    pytest.importorskip("torch", reason="generating a prior needs lc's [render] extra")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    args = ("--prompt", "x", "--subject", subjects["astronaut"], "-o", tmp_path / "o" / "s.yaml")
+    result = lc("autolayout", *args)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "black-forest-labs/FLUX.1-dev" in text and "point --prior-model at a local copy" in text
+    assert "--model " not in text.replace("--prior-model", "")
+    # ... and that option is the one lc autolayout takes
+    retry = lc("autolayout", *args, "--prior-model", tmp_path / "nowhere")
+    assert retry.exit_code == 1 and "does not exist" in retry.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -123,8 +124,25 @@ def test_bench_2p_with_builtin_tiny_writes_tables_and_figures_and_resumes(suite)
     assert all(r["vqascore"] == "" and r["hpsv3"] == "" and r["locked_layers"] for r in rows)
     table = (out / "results.md").read_text()
     assert table.startswith("# lc bench 2p: 2 prompts, methods layered, collage")
-    assert "| LayerComposer | paper, copied |  |  | (ArcFace 0.547) | 0.796 | 11.6 |  |" in table
-    assert "| LayerComposer | reproduced here: `layered` | 2 | 0 |" in table
+    # Random weights measure the pipeline, not the method: said so, and not beside the paper.
+    assert "**Not a measurement of the method:** `layered` ran with random weights" in table
+    assert (
+        "| LayerComposer | paper, copied (`layered` ran here, not comparable: see below) |  |  | "
+        "(ArcFace 0.547) | 0.796 | 11.6 |  |"
+    ) in table
+    assert "| layered | run here, not comparable: random weights (builtin:tiny) | 2 | 0 |" in table
+    assert "reproduced here" not in table.split("| --- |")[1]  # no row claims to reproduce
+    console = " ".join(result.output.split())
+    assert (
+        "not comparable with the paper: layered ran with random weights (builtin:tiny)" in console
+    )
+    # Off a terminal: a line per finished unit with the count and the time left; the files.
+    assert re.search(r"render layered 1/2: [\d.]+ s each, about [\d.]+ s left", result.output)
+    assert re.search(r"render collage 2/2: [\d.]+ s each, [\d.]+ s in all", result.output)
+    assert "identity and fidelity 4/4" in result.output
+    assert re.search(
+        r"wrote results\.md, results\.csv, .*figure_metrics\.png, figure_samples\.png", console
+    )
     assert table.count("paper, copied (outside diffusers") == 4  # UniPortrait ... OmniGen2
     assert "- Not measured: vqascore (t2v_metrics is not installed" in table
     assert (out / "figure_metrics.png").is_file() and (out / "figure_samples.png").is_file()
@@ -237,7 +255,8 @@ def test_a_case_without_a_canvas_is_failed_in_the_table_not_laid_out_in_a_row(su
     with open(out / "results.csv", newline="") as handle:
         assert [r["canvas"] for r in csv.DictReader(handle)] == ["2p-00"]
     assert (
-        "| LayerComposer | reproduced here: `layered` | 1 | 1 |" in (out / "results.md").read_text()
+        "| layered | run here, not comparable: random weights (builtin:tiny) | 1 | 1 |"
+        in (out / "results.md").read_text()
     )
 
 
@@ -302,3 +321,26 @@ def test_1p_canvas_is_the_cropped_head_on_black_for_every_method(suite):
         for m in (out / "renders").rglob("*.json")
     }
     assert len(canvases) == 1  # layered and collage got the same cropped head
+
+
+def test_a_warning_every_case_repeats_is_printed_once_then_the_cases_listed(tmp_path, monkeypatch):
+    from layercomposer.cli import bench as bench_cli_module
+    from layercomposer.eval.bench import BenchResult
+
+    def fake_run_bench(request, progress, warn):
+        for message in ("2p-00: the prior has 4 faces", "2p-01: the prior has 4 faces",
+                        "2p-02: no face in it", "2p-03: the prior has 4 faces"):  # fmt: skip
+            warn(message)
+        return BenchResult([], {}, {}, None)
+
+    monkeypatch.setattr(bench_cli_module, "run_bench", fake_run_bench)
+    (tmp_path / "ids").mkdir()
+    result = lc("bench", "--suite", "2p", "--identities", tmp_path / "ids")
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 2p-00: the prior has 4 faces",
+        "warning: 2p-02: no face in it",
+        "warning: 2p-01, 2p-03: as 2p-00, the prior has 4 faces",
+    ]
+    quiet = lc("bench", "--suite", "2p", "--identities", tmp_path / "ids", "--quiet")
+    assert "warning:" not in quiet.output

@@ -113,3 +113,33 @@ def test_locked_columns_appear_only_with_locked_layers():
     assert "| layered | measured here | 32 | 0 | 0.512 | — | — | 3 / 64 | inf | 0.991 |" in table
     assert "(alpha > 0.5)" in table
     assert locked.to_dict()["locked_psnr"] == "inf"
+
+
+def test_runs_that_do_not_measure_the_method_are_labelled_and_kept_apart():
+    tiny = [summary("layered", random_weights=True), summary("collage", random_weights=True)]
+    table = markdown_table(tiny, TABLE_1["4p"], "4P", failed={"layered": 0, "collage": 0})
+    assert "**Not a measurement of the method:** `layered` ran with random weights" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]
+    published = [r for r in rows if "paper, copied" in r]
+    assert rows[: len(published)] == published  # every paper row first, none of ours between
+    assert rows[-2:] == [
+        "| layered | run here, not comparable: random weights (builtin:tiny) | 32 | 0 | 0.512 "
+        "| 0.800 | 11.94 (n=30) | 3 / 64 |",
+        "| collage | run here, not comparable: random weights (builtin:tiny) | 32 | 0 | 0.512 "
+        "| 0.800 | 11.94 (n=30) | 3 / 64 |",
+    ]
+    assert (
+        "| FLUX Kontext | paper, copied (`collage` ran here, not comparable: see below) |" in table
+    )
+    assert "reproduced here" not in " ".join(rows)
+
+    # Real weights without a LayerComposer LoRA: stock Kontext is a fair `collage`, not `layered`.
+    no_lora = [summary("layered", lora=False), summary("collage", lora=False, identity=0.2)]
+    table = markdown_table(no_lora, TABLE_1["4p"], "4P")
+    assert "`layered` ran with no LayerComposer LoRA" in table
+    assert "| FLUX Kontext | reproduced here: `collage` | 32 |" in table
+    assert "| layered | run here, not comparable: no LayerComposer LoRA | 32 |" in table
+    with_lora = markdown_table([summary("layered", lora=True)], TABLE_1["4p"], "4P")
+    assert "| LayerComposer | reproduced here: `layered` | 32 |" in with_lora
+    assert "Not a measurement" not in with_lora
+    assert summary("layered", lora=False).to_dict()["caveat"].startswith("no LayerComposer LoRA")

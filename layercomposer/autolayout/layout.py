@@ -20,6 +20,7 @@ import yaml
 
 from .. import __version__
 from ..canvas import Canvas, CanvasSpec
+from ..choices import Fallback
 from ..errors import InputError, UsageError
 from ..faces.detect import FaceDetector, open_detector
 from ..faces.types import Face
@@ -39,7 +40,6 @@ from .place import (
 from .prior import Prior, PriorSettings, canvas_size_for, fit_to, generate_prior
 from .segment import crop_to_alpha, keep_person_of, open_segmenter
 
-Fallback = Literal["error", "grid"]
 MIN_SUBJECT_FACE_PX = 24  # a smaller face gives a layer too blurry to keep an identity
 
 
@@ -348,7 +348,18 @@ def _placements(subjects, prior_faces, size, request, detector, warning) -> list
             "(--fallback grid)"
         )
     if len(prior_faces) > len(subjects):
-        warning(f"the prior has {len(prior_faces)} faces; {len(subjects)} are used")
+        taken = [
+            f"{s.name} on face {i} (at {_at(prior_faces[i])})"
+            for s, i in zip(subjects, indices, strict=True)
+            if i is not None
+        ]
+        left = [f"{i} (at {_at(f)})" for i, f in enumerate(prior_faces) if i not in indices]
+        warning(
+            f"the prior has {_count(len(prior_faces), 'face')} for "
+            f"{_count(len(subjects), 'subject')}: {', '.join(taken)}; "
+            f"{'face' if len(left) == 1 else 'faces'} {', '.join(left)} left empty "
+            "(--assign size|manual and --faces choose others)"
+        )
     grid = iter(grid_targets(len(missing), size, prior_faces))
     align_eyes = len(subjects) == 1
     placements = []
@@ -359,6 +370,11 @@ def _placements(subjects, prior_faces, size, request, detector, warning) -> list
             place_subject(subject.name, subject.face, (width, height), target, index, align_eyes)
         )
     return placements
+
+
+def _at(face: Face) -> str:
+    """A face's centre in canvas pixels, `630,410`."""
+    return f"{face.center[0]:.0f},{face.center[1]:.0f}"
 
 
 def _count(n: int, noun: str) -> str:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
-from ..files import TEMP_SUFFIX, write_bytes_atomic
+from ..files import TEMP_SUFFIX, plain_dir_mode, write_bytes_atomic
 
 ASSETS_SUFFIX = ".autolayout"
 
@@ -46,10 +46,8 @@ class Staging:
                 prefix=f".{self.assets.name}.", suffix=TEMP_SUFFIX, dir=canvas_path.parent
             )
         )
-        # mkdtemp makes a private folder; the outputs are ordinary files for their owner's group.
-        umask = os.umask(0)
-        os.umask(umask)
-        self.dir.chmod(0o777 & ~umask)
+        # mkdtemp makes a private folder; it becomes the outputs' folder, as mkdir would make it.
+        self.dir.chmod(plain_dir_mode())
 
     def commit(self, canvas_text: str) -> None:
         """Move the folder into place, then write the canvas file; undo the move on failure."""

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..canvas import MAX_SCALE
+from ..choices import Assign, names
 from ..errors import InputError, UsageError
 from ..faces.types import Face, Point
 
-AssignMode = Literal["order", "size", "manual"]
-ASSIGN_MODES: tuple[str, ...] = ("order", "size", "manual")
+AssignMode = Assign
+ASSIGN_MODES = names(Assign)
 
 
 @dataclass(frozen=True)

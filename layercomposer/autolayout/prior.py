@@ -13,10 +13,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..canvas import MAX_SIDE, MIN_SIDE
+from ..choices import PriorPrompt, names
 from ..errors import UsageError
+from ..models import ModelKind
 from ..tokens import TOKEN_PX
 
 DEFAULT_PRIOR_MODEL = "black-forest-labs/FLUX.1-dev"
+# For the messages on missing weights: lc autolayout and lc bench name the model --prior-model.
+PRIOR_KIND = ModelKind("FLUX.1 [dev]", DEFAULT_PRIOR_MODEL, "--prior-model", gated=True)
 DEFAULT_PRIOR_SIZE = (1024, 1024)
 DEFAULT_STEPS = 28
 DEFAULT_GUIDANCE = 3.5  # FLUX.1 [dev]'s usual distilled guidance
@@ -25,7 +29,7 @@ MAX_AREA = 1.5 * TARGET_AREA  # a given prior larger than this is scaled down to
 # How a prior's text comes from the canvas prompt: `given` uses it as is (the paper's protocol,
 # lc bench's default); `rewrite` adds the count of people and asks for visible faces
 # (prior_prompt, lc autolayout's default).
-PROMPT_MODES: tuple[str, ...] = ("given", "rewrite")
+PROMPT_MODES = names(PriorPrompt)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ def generate_prior(canvas_prompt: str, people: int, settings: PriorSettings) -> 
         device=settings.device,
         offload=settings.offload,
         pipeline_class=FluxPipeline,
+        kind=PRIOR_KIND,
     )
     loaded = time.perf_counter()
     # A CPU generator makes the same seed give the same noise on any device.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..choices import Segmenter, names
 from ..faces.mediapipe_backend import create_task, import_mediapipe, mediapipe_image
 from ..faces.native import quiet_native_stderr
 from ..faces.registry import ResolvedFile, resolve_model_file
 from ..faces.types import Face
 
-SEGMENTERS: tuple[str, ...] = ("mediapipe",)
+SEGMENTERS = names(Segmenter)
 SELFIE_MODEL = "mediapipe/selfie_segmentation.tflite"
 
 

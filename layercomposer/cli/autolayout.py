@@ -11,22 +11,17 @@ from rich.markup import escape
 
 from ..autolayout import AutolayoutRequest, PriorSettings, autolayout
 from ..autolayout.prior import DEFAULT_GUIDANCE, DEFAULT_PRIOR_MODEL, DEFAULT_STEPS
+from ..choices import Assign, Fallback, Segmenter
 from ..errors import UsageError
-from ._common import JsonOption, parse_size
+from ._common import (
+    DetectorOption,
+    DeviceOption,
+    DtypeOption,
+    JsonOption,
+    OffloadOption,
+    parse_size,
+)
 from ._errors import handled_errors, stderr
-
-CHOICES = {
-    "assign": ("order", "size", "manual"),
-    "fallback": ("error", "grid"),
-    "detector": ("mediapipe", "dlib", "insightface"),
-    "segmenter": ("mediapipe",),
-}
-
-
-def _choice(name: str, value: str) -> str:
-    if value not in CHOICES[name]:
-        raise UsageError(f"--{name} {value!r}: choose one of {', '.join(CHOICES[name])}")
-    return value
 
 
 def _masks(items: list[str]) -> dict[str, Path]:
@@ -79,11 +74,11 @@ def autolayout_cli(
         str | None,
         typer.Option(help=r"Canvas WIDTHxHEIGHT \[default: 1024x1024, or the prior image's size]."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (the prior).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
-    offload: Annotated[str, typer.Option(help="none | model | sequential.")] = "none",
-    detector: Annotated[str, typer.Option(help="mediapipe | dlib | insightface.")] = "mediapipe",
-    segmenter: Annotated[str, typer.Option(help="Person segmenter: mediapipe.")] = "mediapipe",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    offload: OffloadOption = "none",
+    detector: DetectorOption = "mediapipe",
+    segmenter: Annotated[Segmenter, typer.Option(help="Person segmenter.")] = "mediapipe",
     mask: Annotated[
         list[str] | None,
         typer.Option(
@@ -92,15 +87,15 @@ def autolayout_cli(
         ),
     ] = None,
     assign: Annotated[
-        str,
-        typer.Option(help="order: left to right | size: largest face first | manual: --faces."),
+        Assign,
+        typer.Option(help="order: left to right; size: largest face first; manual: --faces."),
     ] = "order",
     faces: Annotated[
         str | None,
         typer.Option(help="With --assign manual: a prior face per subject, e.g. 2,0,1."),
     ] = None,
     fallback: Annotated[
-        str, typer.Option(help="Too few prior faces: error | grid (the rest in a row).")
+        Fallback, typer.Option(help="Too few prior faces: error, or grid (the rest in a row).")
     ] = "error",
     no_face_ok: Annotated[
         bool,
@@ -143,12 +138,12 @@ def autolayout_cli(
                 prompt=prior_prompt, device=device, dtype=dtype, offload=offload,
             ),
             size=parse_size(size),
-            detector=_choice("detector", detector),
-            segmenter=_choice("segmenter", segmenter),
+            detector=detector,
+            segmenter=segmenter,
             masks=_masks(mask or []),
-            assign=_choice("assign", assign),
+            assign=assign,
             faces=_faces(faces),
-            fallback=_choice("fallback", fallback),  # type: ignore[arg-type]
+            fallback=fallback,
             no_face_ok=no_face_ok,
             background=background,
             download_models=download_models,

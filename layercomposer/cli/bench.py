@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,14 +9,14 @@ import typer
 from rich.markup import escape
 
 from ..autolayout import PriorSettings
-from ..autolayout.prior import DEFAULT_PRIOR_MODEL, PROMPT_MODES
+from ..autolayout.prior import DEFAULT_PRIOR_MODEL
 from ..baselines import OVERLAY_LORA, QwenEditSettings
-from ..errors import UsageError
+from ..choices import Fallback, PriorPrompt, Suite
+from ..errors import UsageError, shorten
 from ..eval.bench import (
     DEFAULT_METHODS,
     DEFAULT_PRIOR_SEEDS,
     METHODS,
-    SUITES,
     BenchRequest,
     run_bench,
 )
@@ -25,7 +24,17 @@ from ..eval.heads import HEAD_MARGIN
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ..models import DEFAULT_MODEL, QWEN_EDIT_MODEL
 from ..render import RenderSettings
-from ._common import parse_size
+from ._common import (
+    DetectorOption,
+    DeviceOption,
+    DtypeOption,
+    LoraScaleOption,
+    ModelOption,
+    OffloadOption,
+    RevisionOption,
+    lora_specs,
+    parse_size,
+)
 from ._errors import EXIT_FAILURE, handled_errors, stderr
 from .eval import (
     BatchSizeOption,
@@ -46,7 +55,7 @@ from .eval import (
 
 
 def bench_cli(
-    suite: Annotated[str, typer.Option(help=f"{' | '.join(SUITES)}: persons per image.")],
+    suite: Annotated[Suite, typer.Option(help="Persons per image: 1, 2 or 4.")],
     identities: Annotated[
         Path,
         typer.Option(help="Folder of identity photos (one person each), used in name order."),
@@ -65,14 +74,19 @@ def bench_cli(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Output folder (default: bench/<suite>).")
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="Kontext model: hub id, local folder, or builtin:tiny.")
-    ] = DEFAULT_MODEL,
-    revision: Annotated[str | None, typer.Option(help="Hub revision of --model.")] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    revision: RevisionOption = None,
     lora: Annotated[
-        str | None, typer.Option(help="LayerComposer LoRA for the layered method.")
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="The LayerComposer LoRA of the layered method, FILE or FILE:SCALE; repeatable "
+            "(more LoRAs stack on it). Without one, layered is stock Kontext fed layer indices "
+            "it was not trained on, and results.md says so.",
+            metavar="FILE[:SCALE]",
+        ),
     ] = None,
-    lora_scale: Annotated[float, typer.Option("--lora-scale", help="LoRA strength.")] = 1.0,
+    lora_scale: LoraScaleOption = 1.0,
     overlay_lora: Annotated[
         str,
         typer.Option(
@@ -102,15 +116,13 @@ def bench_cli(
         str | None,
         typer.Option(help="Canvas size WxH (default: a given prior's size, else 1024x1024)."),
     ] = None,
-    detector: Annotated[
-        str, typer.Option(help="Face detector for the layouts: mediapipe | dlib | insightface.")
-    ] = "mediapipe",
+    detector: DetectorOption = "mediapipe",
     prior_prompt: Annotated[
-        str,
+        PriorPrompt,
         typer.Option(
             "--prior-prompt",
-            help=f"{' | '.join(PROMPT_MODES)}: generate priors from the prompt as given (the "
-            "paper's protocol), or rewritten to ask for N visible faces.",
+            help="Generate priors from the prompt as given (the paper's protocol), or rewritten "
+            "to ask for N visible faces.",
         ),
     ] = "given",
     prior_seeds: Annotated[
@@ -123,10 +135,10 @@ def bench_cli(
         ),
     ] = DEFAULT_PRIOR_SEEDS,
     fallback: Annotated[
-        str,
+        Fallback,
         typer.Option(
-            help="A prior still short of faces: error (the case fails, counted in the table) "
-            "| grid (place the rest in a row)."
+            help="A prior still short of faces: error (the case fails, counted in the table), "
+            "or grid (place the rest in a row)."
         ),
     ] = "error",
     head_margin: Annotated[
@@ -143,9 +155,9 @@ def bench_cli(
         int | None, typer.Option(min=1, help="Denoising steps (default: the canvas's, 28).")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
-    device: Annotated[str, typer.Option(help="Render device: auto | cpu | cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
-    offload: Annotated[str, typer.Option(help="none | model | sequential.")] = "none",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    offload: OffloadOption = "none",
     metrics: MetricsOption = None,
     identity_backend: IdentityBackendOption = "insightface",
     vqascore_model: VQAScoreModelOption = DEFAULT_VQASCORE_MODEL,
@@ -156,7 +168,9 @@ def bench_cli(
     batch_size: BatchSizeOption = 8,
     no_figure: NoFigureOption = False,
     download_models: DownloadOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or lines, no warnings.")
+    ] = False,
 ):
     """Run a 1P / 2P / 4P benchmark: canvases by autolayout, renders per method, metrics.
 
@@ -185,9 +199,9 @@ def bench_cli(
         request = BenchRequest(
             suite=suite, identities=identities, output=output or Path("bench") / suite,
             prompts=prompts, methods=method_list,
-            render=RenderSettings(model=model, revision=revision, lora=lora,
-                                  lora_scale=lora_scale, dtype=dtype, device=device,
-                                  offload=offload),
+            render=RenderSettings(model=model, revision=revision,
+                                  loras=lora_specs(lora, lora_scale), dtype=dtype,
+                                  device=device, offload=offload),
             overlay_lora=overlay_lora,
             qwen=QwenEditSettings(model=qwen_model, dtype=dtype, device=device, offload=offload),
             priors=priors,
@@ -202,12 +216,30 @@ def bench_cli(
             figures=not no_figure, download_models=download_models,
         )  # fmt: skip
 
-        def warn(message: str) -> None:
-            if not quiet:
-                stderr.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        # A case's warning ("2p-07: the prior has 4 faces ...") that other cases repeat word for
+        # word is printed once; the cases that repeat it are listed after the run.
+        repeated: dict[str, list[str]] = {}  # warning -> [the case that gave it first, others]
 
-        with stage_progress(not quiet and sys.stderr.isatty()) as progress:
+        def warn(message: str) -> None:
+            case, sep, text = message.partition(": ")
+            if not sep or not case.startswith(f"{suite}-"):
+                case, text = "", message
+            if quiet:
+                return
+            if text in repeated and case:
+                repeated[text].append(case)
+                return
+            repeated[text] = [case]
+            stderr.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+        with stage_progress(quiet) as progress:
             result = run_bench(request, progress, warn)
+        for text, (first, *others) in repeated.items():
+            if others:
+                stderr.print(
+                    f"[yellow]warning:[/yellow] {escape(', '.join(others))}: as {escape(first)}, "
+                    f"{escape(shorten(text, 70))}"
+                )
         for case_id, reason in result.layout_failures.items():
             stderr.print(f"[red]no canvas[/red] {case_id}: {escape(reason)}")
         for failure in result.render_failures:

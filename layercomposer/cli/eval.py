@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..choices import IdentityBackend, Suite
 from ..errors import UsageError
 from ..eval.availability import METRICS, PYTHON_OPTIONS, MetricStatus, metric_status, skipped_line
 from ..eval.identity import IDENTITY_BACKENDS
@@ -24,6 +24,7 @@ from ..eval.run import EvalReport, check_eval, run_eval
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ._common import JsonOption
 from ._errors import EXIT_FAILURE, handled_errors, stderr
+from ._progress import LineProgress
 
 MetricsOption = Annotated[
     str | None,
@@ -52,11 +53,11 @@ HPSv3PythonOption = Annotated[
     ),
 ]
 IdentityBackendOption = Annotated[
-    str,
+    IdentityBackend,
     typer.Option(
         "--identity-backend",
-        help="insightface (ArcFace, buffalo_l pack) | antelopev2 (ArcFace, antelopev2 pack) | "
-        "dlib (offline; not on ArcFace's scale).",
+        help="insightface: ArcFace, buffalo_l pack; antelopev2: ArcFace, antelopev2 pack; "
+        "dlib: offline, not on ArcFace's scale.",
     ),
 ]
 VQAScoreModelOption = Annotated[
@@ -113,20 +114,27 @@ def print_check(options: EvalOptions, json_: bool) -> None:
     if json_:
         print(json.dumps({"metrics": [s.to_dict() for s in statuses]}))
         return
-    table = Table(title="metrics")
-    for column in ("metric", "available", "where", "to enable"):
-        table.add_column(column, overflow="fold")
+    # One block per metric, each fact on its own line: paths and install lines stay whole and
+    # wrap at the terminal's edge (a table squeezes them into columns a word wide).
     for s in statuses:
-        state = "[green]yes[/green]" if s.available else f"[red]no[/red]: {escape(s.problem)}"
-        table.add_row(s.metric, state, escape(s.where), escape(s.enable))
-    stderr.print(table)
+        state = "[green]available[/green]" if s.available else "[red]not available[/red]"
+        stderr.print(f"[bold]{s.metric}[/bold]: {state}")
+        if not s.available:
+            stderr.print(f"  why: {escape(' '.join(s.problem.split()))}")
+        stderr.print(f"  where: {escape(s.where)}")
+        if s.enable:
+            stderr.print(f"  to enable: {escape(' '.join(s.enable.split()))}")
 
 
 @contextmanager
-def stage_progress(enabled: bool) -> Iterator:
-    """A callback (stage, done, total) that draws one bar per stage on a terminal."""
-    if not enabled:
+def stage_progress(quiet: bool) -> Iterator:
+    """A callback (stage, done, total): one bar per stage on a terminal; off a terminal (a CI
+    log) one line per finished unit with an estimate of the time left; nothing if `quiet`."""
+    if quiet:
         yield None
+        return
+    if not stderr.is_terminal:
+        yield LineProgress(lambda line: stderr.print(escape(line)))
         return
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -167,9 +175,25 @@ def print_report(report: EvalReport, json_: bool) -> None:
             f"[red]not fully evaluated[/red] {escape(str(evaluation.output.manifest_path))}: "
             + escape("; ".join(evaluation.errors))
         )
-    stderr.print(
-        f"tables: {escape(str(report.files['table']))}, {escape(str(report.files['results']))}"
-    )
+    for s in report.summaries:
+        if s.caveat():
+            stderr.print(
+                f"[yellow]not comparable with the paper:[/yellow] {escape(s.method)} ran with "
+                f"{escape(s.caveat())}"
+            )
+    folders = {path.parent for path in _in_order(report.files)}
+    if len(folders) == 1:  # `wrote results.md, ... in eval/`
+        names = ", ".join(path.name for path in _in_order(report.files))
+        stderr.print(f"wrote {escape(names)} in {escape(str(folders.pop()))}/")
+    else:
+        stderr.print(f"wrote {escape(', '.join(str(p) for p in _in_order(report.files)))}")
+
+
+def _in_order(files: dict[str, Path]) -> list[Path]:
+    """The written files, the summary table first, the figures after the tables."""
+    order = ["table", "results", "subjects", "locked", "figure_metrics", "figure_samples"]
+    ranked = sorted(files, key=lambda k: order.index(k) if k in order else len(order))
+    return [files[key] for key in ranked if files[key].exists()]
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -203,13 +227,15 @@ def eval_cli(
         ),
     ] = False,
     suite: Annotated[
-        str | None,
-        typer.Option(help="Show the paper's Table 1 rows for this setting: 1p | 2p | 4p."),
+        Suite | None,
+        typer.Option(help="Show the paper's Table 1 rows for this setting in results.md."),
     ] = None,
     no_figure: NoFigureOption = False,
     download_models: DownloadOption = False,
     json_: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")
+    ] = False,
 ):
     """Measure rendered outputs, read through their run manifests (prompt, canvas, subjects).
 
@@ -240,8 +266,7 @@ def eval_cli(
         found = find_outputs(outputs)
         options, skipped = check_eval(options, not no_figure)
         report_skipped(skipped)
-        show = not quiet and not json_ and sys.stderr.isatty()
-        with stage_progress(show) as progress:
+        with stage_progress(quiet) as progress:
             report = run_eval(
                 found, options, output, TABLE_1.get(suite or "", ()), "lc eval", not no_figure,
                 progress, skipped=skipped,

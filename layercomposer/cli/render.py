@@ -23,23 +23,28 @@ from ..render import (
     distributed_rank,
     render_batch,
     rerender_manifest,
+    shard,
 )
-from ._common import AllowOutsideOption, JsonOption, SetOption
+from ._common import (
+    AllowOutsideOption,
+    DeviceOption,
+    DtypeOption,
+    EncodeOption,
+    FillOption,
+    JsonOption,
+    LoraOption,
+    LoraScaleOption,
+    ModelOption,
+    ModeOption,
+    OffloadOption,
+    QuantizeOption,
+    QuietOption,
+    RevisionOption,
+    SetOption,
+    lora_specs,
+)
 from ._errors import EXIT_FAILURE, handled_errors, stderr
-
-Choice = {
-    "mode": ["auto", "layered", "collage"],
-    "encode": ["box", "canvas"],
-    "offload": ["none", "model", "sequential"],
-    "quantize": ["none", "int8", "fp8"],
-    "fill": ["auto", "black", "grey"],
-}
-
-
-def _choice(name: str, value: str) -> str:
-    if value not in Choice[name]:
-        raise UsageError(f"--{name} {value!r}: choose one of {', '.join(Choice[name])}")
-    return value
+from ._progress import LineProgress
 
 
 def expand_canvases(patterns: list[Path]) -> list[Path]:
@@ -72,27 +77,14 @@ def render_cli(
         typer.Option("--num-images", "-n", min=1, help="Images per canvas, seeds seed..seed+n-1."),
     ] = 1,
     set_: SetOption = None,
-    mode: Annotated[
-        str,
-        typer.Option(
-            help="layered | collage | auto (layered when a LayerComposer LoRA is loaded)."
-        ),
-    ] = "auto",
-    model: Annotated[
-        str, typer.Option(help="Hub id, local diffusers folder, or builtin:tiny.")
-    ] = DEFAULT_MODEL,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (branch, tag or commit).")
-    ] = None,
-    lora: Annotated[
-        str | None, typer.Option(help="LoRA .safetensors (diffusers/peft or ComfyUI/kohya keys).")
-    ] = None,
-    lora_scale: Annotated[float, typer.Option("--lora-scale", help="LoRA strength.")] = 1.0,
-    dtype: Annotated[
-        str, typer.Option(help="auto | bfloat16 | float16 | float32 (auto: bf16 on CUDA).")
-    ] = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    offload: Annotated[str, typer.Option(help="none | model | sequential CPU offload.")] = "none",
+    mode: ModeOption = "auto",
+    model: ModelOption = DEFAULT_MODEL,
+    revision: RevisionOption = None,
+    lora: LoraOption = None,
+    lora_scale: LoraScaleOption = 1.0,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    offload: OffloadOption = "none",
     attention_backend: Annotated[
         str | None,
         typer.Option(
@@ -100,20 +92,8 @@ def render_cli(
             help="diffusers attention backend, e.g. native, flash, _native_cudnn.",
         ),
     ] = None,
-    encode: Annotated[
-        str,
-        typer.Option(
-            help="canvas: the whole canvas per layer, as the paper; box: only the layer's box "
-            "(+margin), faster and cached across moves, approximate."
-        ),
-    ] = "canvas",
-    fill: Annotated[
-        str,
-        typer.Option(
-            help="auto | black | grey: the colour transparent layer pixels are encoded as. auto: "
-            "the one the LoRA was trained with (lc train records it), else black, as the paper."
-        ),
-    ] = "auto",
+    encode: EncodeOption = "canvas",
+    fill: FillOption = "auto",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Keep encoded layer latents on disk too.")
     ] = None,
@@ -134,13 +114,7 @@ def render_cli(
             "than THRESHOLD (e.g. 0.08): fewer full steps, a slightly different image.",
         ),
     ] = None,
-    quantize: Annotated[
-        str,
-        typer.Option(
-            help="none | int8 (int8 weights: half the memory) | fp8 (fp8 matmuls, GPUs of "
-            "compute capability 8.9+); needs torchao, changes the image."
-        ),
-    ] = "none",
+    quantize: QuantizeOption = "none",
     resume: Annotated[
         bool,
         typer.Option(help="Skip outputs whose manifest shows the same inputs and a whole image."),
@@ -154,9 +128,7 @@ def render_cli(
     ] = None,
     allow_outside: AllowOutsideOption = False,
     json_: JsonOption = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress, only errors and the summary.")
-    ] = False,
+    quiet: QuietOption = False,
 ):
     """Render canvases: one image per seed, each with a run manifest beside it.
 
@@ -168,17 +140,17 @@ def render_cli(
         lc render canvases/four_people.yaml
         lc render canvases/*.yaml --model builtin:tiny -o out --json
         lc render scene.yaml --lora layercomposer.safetensors -n 4 --seed 100
+        lc render scene.yaml --lora layercomposer.safetensors --lora style.safetensors:0.6
         lc render scene.yaml --compile --first-block-cache 0.08 --quantize fp8
-        lc render --from-manifest out/four_people/0.json -o reproduced
-        accelerate launch --num_processes 2 -m layercomposer render canvases/*.yaml --resume
+        lc render --from-manifest out/four_people/4.json -o reproduced   # seed 4: the canvas's
+        accelerate launch --config_file configs/accelerate/render.yaml -m layercomposer render canvases/*.yaml
     """
     with handled_errors():
         settings = RenderSettings(
-            model=model, revision=revision, lora=lora, lora_scale=lora_scale, mode=_choice("mode", mode),
-            encode=_choice("encode", encode), dtype=dtype, device=device, offload=_choice("offload", offload),
+            model=model, revision=revision, loras=lora_specs(lora, lora_scale), mode=mode,
+            encode=encode, dtype=dtype, device=device, offload=offload,
             attention_backend=attention_backend, cache_dir=str(cache_dir) if cache_dir else None,
-            compile=compile_, first_block_cache=first_block_cache, quantize=_choice("quantize", quantize),
-            fill=_choice("fill", fill),
+            compile=compile_, first_block_cache=first_block_cache, quantize=quantize, fill=fill,
         )  # fmt: skip
         settings.speed_options()  # a bad threshold fails now, not after the first canvas loads
         if from_manifest is not None:
@@ -211,13 +183,26 @@ def render_cli(
 def _run(paths, settings, batch: dict, json_, quiet, show_progress) -> list[RenderResult]:
     """Render a batch (`batch`: render_batch's keyword arguments), reporting as it goes."""
 
+    # Off a terminal (a log), each output's line also says how far the batch is and how long
+    # the rest should take: this process's canvases times the images per canvas.
+    outputs = len(shard(list(dict.fromkeys(paths)), batch["rank"], batch["world_size"]))
+    counts = [0, outputs * batch["num_images"]]  # finished, expected
+    pace = LineProgress(lambda line: None)
+
     def on_result(result: RenderResult) -> None:
+        if result.seed is None:  # an invalid canvas: one failure stands for all of its seeds
+            counts[1] -= batch["num_images"] - 1
+        counts[0] += 1
+        done, total = counts
+        where = "" if show_progress else f"; {done}/{total}, {pace.pace('outputs', done, total)}"
         if json_:
             print(json.dumps(result.to_dict()), flush=True)
         elif result.status == "failed":
             stderr.print(f"[red]failed[/red] {escape(result.canvas)}: {escape(result.error or '')}")
         elif not quiet:
-            stderr.print(f"{result.status} {escape(result.image or '')} ({result.seconds:.1f} s)")
+            stderr.print(
+                f"{result.status} {escape(result.image or '')} ({result.seconds:.1f} s{where})"
+            )
         for notice in renderer.notices:
             if notice not in shown:
                 shown.add(notice)

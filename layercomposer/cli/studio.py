@@ -7,23 +7,23 @@ from typing import Annotated
 
 import typer
 
-from ..errors import LcError, UsageError
+from ..errors import LcError
 from ..models import DEFAULT_MODEL
 from ..render import RenderSettings
+from ._common import (
+    DeviceOption,
+    DtypeOption,
+    EncodeOption,
+    FillOption,
+    LoraOption,
+    LoraScaleOption,
+    ModelOption,
+    ModeOption,
+    OffloadOption,
+    RevisionOption,
+    lora_specs,
+)
 from ._errors import handled_errors
-
-CHOICES = {
-    "mode": ("auto", "layered", "collage"),
-    "encode": ("box", "canvas"),
-    "offload": ("none", "model", "sequential"),
-    "fill": ("auto", "black", "grey"),
-}
-
-
-def _choice(name: str, value: str) -> str:
-    if value not in CHOICES[name]:
-        raise UsageError(f"--{name} {value!r}: choose one of {', '.join(CHOICES[name])}")
-    return value
 
 
 def studio_cli(
@@ -49,29 +49,16 @@ def studio_cli(
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Don't open a browser; just print the address.")
     ] = False,
-    model: Annotated[
-        str, typer.Option(help="Hub id, local diffusers folder, or builtin:tiny.")
-    ] = DEFAULT_MODEL,
-    revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
-    lora: Annotated[str | None, typer.Option(help="LoRA .safetensors to load.")] = None,
-    lora_scale: Annotated[float, typer.Option("--lora-scale", help="LoRA strength.")] = 1.0,
-    mode: Annotated[str, typer.Option(help="Default mode: auto | layered | collage.")] = "auto",
-    encode: Annotated[
-        str,
-        typer.Option(
-            help="Default layer encoding: box makes a moved layer a latent-cache hit; canvas is exact."
-        ),
-    ] = "box",
-    fill: Annotated[
-        str,
-        typer.Option(
-            help="auto | black | grey: transparent layer pixels' colour (auto: the LoRA's, else "
-            "black)."
-        ),
-    ] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    offload: Annotated[str, typer.Option(help="none | model | sequential CPU offload.")] = "none",
+    model: ModelOption = DEFAULT_MODEL,
+    revision: RevisionOption = None,
+    lora: LoraOption = None,
+    lora_scale: LoraScaleOption = 1.0,
+    mode: ModeOption = "auto",
+    encode: EncodeOption = "box",
+    fill: FillOption = "auto",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    offload: OffloadOption = "none",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Keep encoded layer latents on disk too.")
     ] = None,
@@ -107,9 +94,9 @@ def studio_cli(
                 hint="pip install -e '.[studio]' (and '.[render]' to render)",
             ) from None
         settings = RenderSettings(
-            model=model, revision=revision, lora=lora, lora_scale=lora_scale, mode=_choice("mode", mode),
-            encode=_choice("encode", encode), dtype=dtype, device=device, offload=_choice("offload", offload),
-            cache_dir=str(cache_dir) if cache_dir else None, fill=_choice("fill", fill),
+            model=model, revision=revision, loras=lora_specs(lora, lora_scale), mode=mode,
+            encode=encode, dtype=dtype, device=device, offload=offload,
+            cache_dir=str(cache_dir) if cache_dir else None, fill=fill,
         )  # fmt: skip
         serve(
             target,

@@ -30,7 +30,7 @@ from typing import Any
 from ..autolayout import AutolayoutRequest, PriorSettings, autolayout
 from ..autolayout.inputs import read_image
 from ..autolayout.layout import MIN_SUBJECT_FACE_PX
-from ..autolayout.prior import PROMPT_MODES, check_size, prior_text
+from ..autolayout.prior import PRIOR_KIND, PROMPT_MODES, check_size, prior_text
 from ..baselines import OVERLAY_LORA, QwenEditRenderer, QwenEditSettings, overlay_settings
 from ..errors import InputError, UsageError
 from ..faces.detect import open_detector
@@ -192,7 +192,7 @@ def run_bench(
     if skipped and warn:
         warn(skipped_line(skipped))
     if "overlay-kontext" in request.methods:  # a missing LoRA stops the run before any work
-        lora = overlay_settings(request.render, request.overlay_lora).lora
+        lora = overlay_settings(request.render, request.overlay_lora).loras[0].path
         request = replace(request, overlay_lora=lora)
 
     out = request.output
@@ -361,7 +361,7 @@ def _load_prior_pipeline(settings: PriorSettings):
 
     pipe, _ = load_pipeline(
         settings.model, revision=settings.revision, dtype=settings.dtype, device=settings.device,
-        offload=settings.offload, pipeline_class=FluxPipeline,
+        offload=settings.offload, pipeline_class=FluxPipeline, kind=PRIOR_KIND,
     )  # fmt: skip
     return pipe
 
@@ -505,7 +505,7 @@ def _render_all(canvases: list[Path], request: BenchRequest, progress) -> dict[s
         renderer = _method_renderer(method, request)
         # Stock Kontext is shared by the methods without a LoRA; any other weights are loaded
         # for their method alone, after the last method's are freed.
-        shares = isinstance(renderer, Renderer) and renderer.settings.lora is None
+        shares = isinstance(renderer, Renderer) and not renderer.settings.loras
         if loaded is not None and shares:
             renderer.pipe, renderer.model_info = loaded
         elif loaded is not None:
@@ -539,9 +539,10 @@ def _method_renderer(method: str, request: BenchRequest) -> Renderer | QwenEditR
         return QwenEditRenderer(request.qwen)
     if method == "overlay-kontext":
         return Renderer(overlay_settings(request.render, request.overlay_lora))
-    # layered's LoRA is the LayerComposer one; the collage baseline is stock Kontext.
-    lora = request.render.lora if method == "layered" else None
-    return Renderer(replace(request.render, mode=method, lora=lora))
+    # layered's LoRAs are the LayerComposer one (and any stacked on it); the collage baseline is
+    # stock Kontext.
+    loras = request.render.loras if method == "layered" else ()
+    return Renderer(replace(request.render, mode=method, loras=loras))
 
 
 def _free_memory() -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..canvas import Canvas, LayerSpec
+from ..choices import IdentityBackend, names
 from ..errors import ModelError, UsageError
 from ..faces import dlib_backend, insightface_backend
 from ..faces.detect import FaceDetector, open_detector
@@ -34,7 +35,7 @@ from ..limits import open_image_bounded
 from . import antelopev2
 from .matching import best_matching
 
-IDENTITY_BACKENDS: tuple[str, ...] = ("insightface", "antelopev2", "dlib")
+IDENTITY_BACKENDS = names(IdentityBackend)
 REFERENCE_BACKDROP = (128, 128, 128)  # behind a transparent cut-out: a neutral grey
 Status = Literal["matched", "missed", "no_reference"]
 

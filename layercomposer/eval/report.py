@@ -50,10 +50,27 @@ class MethodSummary:
     locked_ssim: float | None
     counts: dict[str, int]
     errors: int
+    random_weights: bool = False  # some output came from random weights (builtin:tiny)
+    lora: bool | None = None  # every output had a LoRA loaded (None: not known)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: an infinite PSNR (identical pixels) as the string "inf"."""
-        return {k: "inf" if v == math.inf else v for k, v in self.__dict__.items()}
+        values = {k: "inf" if v == math.inf else v for k, v in self.__dict__.items()}
+        return {**values, "caveat": self.caveat()}
+
+    def caveat(self, short: bool = False) -> str | None:
+        """Why these numbers do not measure the method (`short`: just what it ran with), or
+        None when they may."""
+        if self.random_weights:
+            what, why = "random weights (builtin:tiny)", "the images are noise"
+        elif self.method == "layered" and self.lora is False:
+            what, why = (
+                "no LayerComposer LoRA",
+                "stock Kontext fed layer indices it was not trained on",
+            )
+        else:
+            return None
+        return what if short else f"{what}: {why}"
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -71,7 +88,8 @@ def result_row(evaluation: Evaluation) -> dict[str, Any]:
     psnr, ssim = pooled(fidelity)
     manifest = output.manifest
     model = manifest.get("model") or {}
-    lora = manifest.get("lora") or {}
+    lora = manifest.get("lora") or []
+    loras = [lora] if isinstance(lora, dict) else lora  # several stacked LoRAs: a list
     return {
         "method": output.method,
         "canvas": output.canvas_name,
@@ -89,7 +107,7 @@ def result_row(evaluation: Evaluation) -> dict[str, Any]:
         "locked_psnr": _number(psnr, 2),
         "locked_ssim": _number(ssim),
         "model": model.get("id", manifest["inputs"].get("model", "")),
-        "lora": lora.get("sha256", "")[:12] if lora else "",
+        "lora": " ".join((entry.get("sha256") or "")[:12] for entry in loras),
         "mode_used": manifest.get("mode_used", ""),
         "steps": output.spec.steps,
         "error": "; ".join(evaluation.errors),
@@ -108,6 +126,7 @@ def summarize(evaluations: list[Evaluation]) -> list[MethodSummary]:
         locked = [f for e in group for f in (e.fidelity or [])]
         psnr, ssim = pooled(locked)
         backends = sorted({i.backend for i in identities})
+        manifests = [e.output.manifest for e in group]
         summaries.append(
             MethodSummary(
                 method=method,
@@ -127,6 +146,8 @@ def summarize(evaluations: list[Evaluation]) -> list[MethodSummary]:
                     "locked": sum(1 for e in group if e.fidelity),
                 },
                 errors=sum(1 for e in group if e.errors),
+                random_weights=any((m.get("model") or {}).get("random_weights") for m in manifests),
+                lora=all(m.get("lora") for m in manifests),
             )
         )
     return summaries
@@ -169,6 +190,15 @@ def markdown_table(
     for method in failed:  # a method none of whose cases produced an output still gets a row
         ours.setdefault(method, _empty_summary(method))
     lines = [f"# {title}", ""] if title else []
+    caveats = {m: s.caveat() for m, s in ours.items() if s.caveat()}
+    if caveats:  # before the table, where nobody can miss it
+        lines += [
+            "**Not a measurement of the method:** "
+            + "; ".join(f"`{m}` ran with {why}" for m, why in caveats.items())
+            + ". Those rows check the pipeline and the tables; they are listed apart from the "
+            "paper's rows.",
+            "",
+        ]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
 
     def add(cells: list[str]) -> None:
@@ -177,12 +207,15 @@ def markdown_table(
     shown: set[str] = set()
     for row in published:
         add([row.method, _published_source(row, ours), "", "", *_published_cells(row, backend)])
-        if row.lc_method in ours and row.lc_method not in shown:
+        if row.lc_method in ours and row.lc_method not in shown | set(caveats):
             shown.add(row.lc_method)
             add(_our_cells(ours[row.lc_method], f"reproduced here: `{row.lc_method}`", failed,
                            any_locked, row.method))  # fmt: skip
     for method, summary in ours.items():
-        if method not in shown:
+        if method in caveats:
+            source = f"run here, not comparable: {summary.caveat(short=True)}"
+            add(_our_cells(summary, source, failed, any_locked))
+        elif method not in shown:
             add(_our_cells(summary, "measured here", failed, any_locked))
     lines += ["", *_notes(summaries, published, backend, failed, skipped or [])]
     return "\n".join(lines) + "\n"
@@ -191,6 +224,8 @@ def markdown_table(
 def _published_source(row: Published, ours: dict[str, MethodSummary]) -> str:
     if row.lc_method is None:
         return f"paper, copied ({row.why_not})"
+    if row.lc_method in ours and ours[row.lc_method].caveat():
+        return f"paper, copied (`{row.lc_method}` ran here, not comparable: see below)"
     if row.lc_method in ours:
         return "paper, copied"
     return f"paper, copied (not run here: add `{row.lc_method}` to --methods)"

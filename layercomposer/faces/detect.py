@@ -6,15 +6,16 @@ imports its package only when opened, so `lc` starts without any of them install
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..choices import Detector, names
 from .registry import ResolvedFile
 from .types import Face
 
-DetectorName = Literal["mediapipe", "dlib", "insightface"]
-DETECTORS: tuple[str, ...] = ("mediapipe", "dlib", "insightface")
+DetectorName = Detector
+DETECTORS = names(Detector)
 
 
 @runtime_checkable

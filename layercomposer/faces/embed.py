@@ -10,11 +10,12 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..choices import Embedder, names
 from .registry import ResolvedFile
 from .types import Face
 
-EmbedderName = Literal["dlib", "insightface"]
-EMBEDDERS: tuple[str, ...] = ("dlib", "insightface")
+EmbedderName = Embedder
+EMBEDDERS = names(Embedder)
 
 
 @runtime_checkable
