@@ -171,11 +171,34 @@ def test_the_configured_fill_and_shift_reach_the_conditioning_and_the_lora(datas
 
 def test_samples_are_rendered_at_the_sample_step(dataset, tmp_path, two_discs):
     sets = [f"validation_canvases=[{two_discs}]", "train.steps=2", "sample_every=2"]
+    sets += ["train.sample_guidance=4.0"]  # not the canvas's own 2.5
     config = load_train_config(
         CONFIG, [f"data.path={dataset}", f"output_dir={tmp_path / 'run'}", *sets]
     )
-    Trainer(config).run()
-    assert (tmp_path / "run" / "samples" / "step-0000002" / "scene.png").exists()
+    trainer = Trainer(config)
+    trainer.run()
+    sample = tmp_path / "run" / "samples" / "step-0000002" / "scene.png"
+    assert sample.exists()
+    # Rendered at train.sample_guidance (not the canvas's own guidance): the same pixels as a
+    # layered render of the canvas with the trained LoRA at that guidance, and not at another.
+    from layercomposer.canvas import load_canvas
+    from layercomposer.layers import build_layers
+
+    canvas = load_canvas(two_discs)
+    assert canvas.spec.guidance != config.train.sample_guidance
+
+    def render(guidance):
+        output = trainer.pipe(
+            prompt=canvas.spec.prompt, layers=build_layers(canvas), mode="layered",
+            num_inference_steps=config.sample_steps, guidance_scale=guidance,
+            generator=torch.Generator("cpu").manual_seed(canvas.spec.seed or 0), output_type="np",
+            fill=config.data.fill,
+        )  # fmt: skip
+        return np.clip(np.rint(output.images[0] * 255), 0, 255).astype(np.uint8)
+
+    saved = np.asarray(Image.open(sample))
+    assert np.array_equal(saved, render(config.train.sample_guidance))
+    assert not np.array_equal(saved, render(canvas.spec.guidance))
 
 
 def test_config_errors_are_located(tmp_path):
