@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -73,6 +74,21 @@ EXTRAS: dict[str, str] = {
     "torchao": "quantize",
 }  # fmt: skip
 TORCH_FIRST = "pip install torch==2.13.0"  # before any extra: a bare torch may be a CUDA build
+
+
+# What a terminal would act on rather than show: C0 controls but newline and tab (ESC starts
+# the sequences that clear the screen or retitle the window; CR and BS overwrite what was
+# printed), DEL, C1 controls (0x9b is a one-byte CSI), and the bidi overrides that reorder a
+# line (Trojan Source). Any other Unicode character is shown as it is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: each control character escaped as Python writes it
+    (`\\x1b`, `\\u202e`), newlines, tabs and all other Unicode kept. Every text that came from a
+    file or a user (a path, metadata, a name) goes through this before it is printed; lc's
+    consoles (`cli._errors.TerminalConsole`) apply it to everything they print."""
+    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .limits import open_regular_file
+
 TEMP_SUFFIX = ".lc-tmp"  # every temporary file lc writes ends with this
 _UMASK_LOCK = threading.Lock()
 
@@ -113,7 +115,7 @@ def write_png_atomic(path: str | Path, pixels: np.ndarray) -> Path:
 def sha256_file(path: str | Path) -> str:
     """Return the hex SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:  # an input named by a canvas: a FIFO is refused
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

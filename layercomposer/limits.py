@@ -8,13 +8,15 @@ step (parsing, decoding), never after. Pillow's own decompression-bomb check is 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +36,7 @@ MAX_JSON_BYTES = 16 * MiB  # a whole JSON file; a manifest is a few KB
 MAX_JSON_LINES_BYTES = 64 * MiB  # a whole JSON-lines file (scores.jsonl: ~200 bytes a score)
 MAX_JSON_LINE_BYTES = 1 * MiB  # one line of it
 MAX_REQUEST_JSON_BYTES = 1 * MiB  # one studio request body (a canvas is a few KB)
+MAX_JSON_DEPTH = 32  # objects and arrays nested; a manifest needs 7, a LoRA header 3
 
 # Text files beside dataset images (`<image>.txt` captions): a sentence or two; T5 reads 512 tokens.
 MAX_CAPTION_BYTES = 64 * 1024
@@ -45,6 +48,12 @@ MAX_IMAGE_SIDE = 16_384  # either side, in pixels
 # The formats lc opens: what cameras, phones and editors write (JPEG includes MPO). Pillow reads
 # others (EPS would run Ghostscript, for one); a layer has no need of them.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+# Decoder work a small header does not show, counted by a structural scan before decoding: each
+# JPEG scan is another pass over every coefficient (libjpeg's progressive mode writes 10; 20,000
+# empty ones made a 743 KB file decode for minutes), and each PNG chunk costs Pillow a call and
+# memory (6 million empty ones: 21 s and 750 MB). A 256 MiB PNG of 8 KiB IDATs has 32,768.
+MAX_JPEG_SCANS = 100  # SOS markers in the whole file (an EXIF thumbnail's and MPO's included)
+MAX_PNG_CHUNKS = 100_000
 
 # Canvases: a layer is scaled and rotated in memory, so its size after that is bounded too.
 MAX_LAYERS = 64  # subject layers in one canvas (the paper composes up to 4 people)
@@ -65,7 +74,8 @@ class TooLargeError(InputError):
 
 class UnreadableImageError(InputError):
     """An image file cannot be decoded; `kind` says why, for callers that phrase it themselves:
-    'missing', 'folder', 'empty', 'format' (not one lc reads), 'corrupt' (truncated, damaged)."""
+    'missing', 'folder', 'special' (a FIFO, socket or device: `NotRegularFileError`), 'empty',
+    'format' (not one lc reads), 'corrupt' (truncated, damaged)."""
 
     def __init__(self, message: str, kind: str = "corrupt"):
         super().__init__(message)
@@ -83,9 +93,53 @@ def size_text(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+class NotRegularFileError(InputError):
+    """A path names a FIFO, a socket or a device where lc expects a file: reading it could block
+    for ever (a FIFO with no writer) or never end (/dev/zero), so it is refused unread."""
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular(path: str | Path, mode: int) -> None:
+    """NotRegularFileError unless `mode` (an `st_mode`) is a regular file's; a folder raises
+    IsADirectoryError, as `open` would, so that callers keep their own message for it."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "not a file")
+    raise NotRegularFileError(f"{path} is {kind}, not a regular file")
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """`path` opened for reading in binary, if it is a regular file (else NotRegularFileError).
+
+    Opened with O_NONBLOCK and checked on the open descriptor, so that neither a FIFO without
+    a writer nor a file swapped for one after a check can make lc wait; the descriptor is made
+    blocking again for reading (which changes nothing for a regular file).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def check_file_size(path: str | Path, max_bytes: int, what: str = "file") -> int:
-    """The size of `path` in bytes, or TooLargeError if it is over `max_bytes`."""
-    size = os.stat(path).st_size
+    """The size of `path` in bytes, or TooLargeError if it is over `max_bytes`;
+    NotRegularFileError if it is a FIFO, socket or device (see `check_regular`)."""
+    status = os.stat(path)
+    check_regular(path, status.st_mode)
+    size = status.st_size
     if size > max_bytes:
         raise TooLargeError(
             f"{path}: {what} is {size:,} bytes, over lc's limit of {size_text(max_bytes)}"
@@ -96,7 +150,7 @@ def check_file_size(path: str | Path, max_bytes: int, what: str = "file") -> int
 def read_bytes_bounded(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
     """A file's bytes, refusing files over `max_bytes` (also one that grows while read)."""
     check_file_size(path, max_bytes, what)
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise TooLargeError(f"{path}: {what} is over lc's limit of {size_text(max_bytes)}")
@@ -113,13 +167,31 @@ def read_json_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
 
 
 def loads_json_bounded(data: bytes | str, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """`json.loads` with a size cap; deep nesting becomes a ValueError, not a RecursionError."""
+    """`json.loads` with a size cap and a depth cap (`MAX_JSON_DEPTH`): nesting deeper is a
+    ValueError ("nested too deeply"), never a RecursionError here or in whoever walks the value."""
     if len(data) > max_bytes:
         raise TooLargeError(f"JSON text is over lc's limit of {size_text(max_bytes)}")
     try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("JSON is nested too deeply") from None
+        value = json.loads(data)
+    except RecursionError:  # the parser's own limit (~1,000 levels) was reached first
+        raise ValueError(f"JSON is nested too deeply (over {MAX_JSON_DEPTH} levels)") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON is nested too deeply (over {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How many objects and arrays are nested in a parsed JSON value (0 for a scalar); walked
+    without recursion, so any depth the parser returned is measured."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
 
 
 def read_json_lines_bounded(
@@ -134,8 +206,8 @@ def read_json_lines_bounded(
         if len(line) > max_line_bytes:
             continue
         try:
-            values.append(json.loads(line))
-        except (ValueError, RecursionError):
+            values.append(loads_json_bounded(line, max_line_bytes))
+        except ValueError:
             continue
     return values
 
@@ -160,6 +232,48 @@ def check_image_size(
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SCAN_READ = 4 * MiB
+
+
+def check_decoder_work(handle: BinaryIO, name: str = "the image") -> None:
+    """TooLargeError if a JPEG has more than `MAX_JPEG_SCANS` scans or a PNG more than
+    `MAX_PNG_CHUNKS` chunks; read from `handle` (which is left at its start) before decoding.
+
+    The scan is structural and cheap: a JPEG's SOS markers are counted with `bytes.count` (in
+    entropy-coded data an 0xFF byte is always followed by 0x00 or a restart marker, so 0xFFDA
+    occurs only where a scan starts, or inside an APP segment's bytes: an overcount by a few at
+    most), a PNG's chunks are walked by their length fields without reading their data.
+    """
+    start = handle.read(8)
+    try:
+        if start.startswith(b"\xff\xd8"):
+            scans, previous = start.count(b"\xff\xda"), start[-1:]
+            while scans <= MAX_JPEG_SCANS and (block := handle.read(_SCAN_READ)):
+                scans += (previous + block).count(b"\xff\xda")  # a marker split across reads
+                previous = block[-1:]
+            if scans > MAX_JPEG_SCANS:
+                raise TooLargeError(
+                    f"{name} is a JPEG of more than {MAX_JPEG_SCANS} scans, over lc's limit "
+                    "(each scan is another decoding pass over the whole image)"
+                )
+        elif start == PNG_SIGNATURE:
+            chunks = 0
+            while header := handle.read(8):
+                if len(header) < 8:
+                    break  # truncated: the decoder says so
+                chunks += 1
+                if chunks > MAX_PNG_CHUNKS:
+                    raise TooLargeError(
+                        f"{name} is a PNG of more than {MAX_PNG_CHUNKS:,} chunks, over lc's limit"
+                    )
+                if header[4:] == b"IEND":
+                    break
+                handle.seek(int.from_bytes(header[:4], "big") + 4, io.SEEK_CUR)  # data, CRC
+    finally:
+        handle.seek(0)
+
+
 def open_image_bounded(
     source: str | Path | bytes,
     max_pixels: int = MAX_IMAGE_PIXELS,
@@ -170,7 +284,8 @@ def open_image_bounded(
 ) -> Image.Image:
     """An image decoded into memory (first frame, in an 8-bit mode), its size checked first.
 
-    The width and height come from the header and are checked before any pixel is decoded.
+    The width and height come from the header and are checked before any pixel is decoded, and
+    so is the work the decoder would do (`check_decoder_work`: JPEG scans, PNG chunks).
     With `upright`, the EXIF orientation is applied. `before_decoding(width, height)` may raise
     to refuse the image on its header alone. Raises TooLargeError (over a bound) or
     UnreadableImageError (missing, empty, not a format lc reads, truncated, corrupt), each with
@@ -185,11 +300,12 @@ def open_image_bounded(
             handle: Any = io.BytesIO(source)
         else:
             check_file_size(source, max_bytes, "image")
-            handle = open(source, "rb")  # noqa: SIM115 - closed below, after decoding
+            handle = open_regular_file(source)  # closed below, after decoding
         with handle:
             if not handle.read(1):
                 raise UnreadableImageError(f"{name} is empty (0 bytes)", "empty")
             handle.seek(0)
+            check_decoder_work(handle, name)
             with Image.open(handle, formats=IMAGE_FORMATS) as image:
                 check_image_size(image.width, image.height, max_pixels, max_side, name)
                 if before_decoding is not None:  # the caller's own bound on (width, height)
@@ -201,6 +317,8 @@ def open_image_bounded(
                 return eight_bit(loaded)
     except (TooLargeError, UnreadableImageError):
         raise
+    except NotRegularFileError as exc:
+        raise UnreadableImageError(exc.message, "special") from None
     except FileNotFoundError:
         raise UnreadableImageError(f"image not found: {source}", "missing") from None
     except IsADirectoryError:

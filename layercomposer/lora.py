@@ -27,6 +27,7 @@ from typing import Any
 
 from layercomposer.errors import LcError, ModelError, UsageError
 from layercomposer.files import sha256_file
+from layercomposer.limits import check_regular
 from layercomposer.lora_fused import diffusers_modules, parse_key, split_columns
 
 ADAPTER_NAME = "layercomposer"
@@ -289,6 +290,7 @@ def resolve_lora_file(path: str | Path) -> Path:
                 hint=f"Name the file itself, or call it {DIFFUSERS_WEIGHT_NAME}.",
             )
         return found[0]
+    check_regular(path, path.stat().st_mode)  # a FIFO would block the loader for ever
     if path.suffix.lower() != ".safetensors":
         # .bin / .pt / .ckpt are pickles, which can run code when loaded.
         raise ModelError(

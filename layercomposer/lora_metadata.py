@@ -17,11 +17,14 @@ blocks of one fused up matrix of each kind (the only tensor data `lc lora info` 
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, LcError
+from .limits import loads_json_bounded, open_regular_file
 from .lora import detect_format, resolve_lora_file
 from .lora_fused import parse_key, slot_rows, split_columns
 
@@ -29,6 +32,12 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024  # a rank-512 FLUX LoRA's header is ~60 KB; 
 _READ_CHUNK = 16 * 1024 * 1024  # bytes of a fused up matrix read at a time
 # float dtypes by size; a value is zero when every bit but the sign is
 _FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+# The dtypes the safetensors loader (0.8) reads, by bits an element; any other is refused.
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4,
+    "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32,
+    "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}  # fmt: skip
 PREFIX = "lc."
 FILL_KEY = PREFIX + "fill"
 DIFFUSERS_ADAPTER_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -123,7 +132,7 @@ def decode_lc_metadata(metadata: dict[str, str]) -> dict[str, Any] | None:
     for key, text in found.items():
         kind = LC_KEYS.get(key, (str,))[0]
         try:
-            decoded[key] = json.loads(text) if kind is list else kind(text)
+            decoded[key] = loads_json_bounded(text) if kind is list else kind(text)
         except (ValueError, TypeError):
             decoded[key] = text  # written by another lc version: show it as it is
     return decoded
@@ -139,8 +148,8 @@ def read_safetensors_header(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        with open_regular_file(path) as handle:  # a FIFO is refused, not waited on
+            size = os.fstat(handle.fileno()).st_size
             length_bytes = handle.read(8)
             if len(length_bytes) < 8:
                 raise InputError(f"{path}: {size} bytes, too short to be a .safetensors file")
@@ -163,9 +172,10 @@ def read_safetensors_header(
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"{path}: the header is not JSON: not a .safetensors file") from None
+        header = loads_json_bounded(raw.decode("utf-8"), max_bytes)
+    except ValueError as exc:  # not UTF-8, not JSON, or nested too deeply (a format's is 3)
+        reason = "nested too deeply" if "nested" in str(exc) else "not JSON"
+        raise InputError(f"{path}: the header is {reason}: not a .safetensors file") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: the header is not a JSON object: not a .safetensors file")
     metadata = header.pop("__metadata__", None) or {}
@@ -177,6 +187,18 @@ def read_safetensors_header(
     for name, entry in header.items():
         if not _valid_entry(entry, data_bytes):
             raise InputError(f"{path}: tensor {name!r} has an invalid header entry")
+    # As the safetensors loader checks: the tensors, in the order of their offsets, cover the
+    # data exactly, with no gap, overlap or bytes left over.
+    end = 0
+    for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+        if entry["data_offsets"][0] != end:
+            raise InputError(f"{path}: tensor {name!r} does not start where the one before ends")
+        end = entry["data_offsets"][1]
+    if end != data_bytes:
+        raise InputError(
+            f"{path}: its tensors hold {end:,} bytes but the file has {data_bytes:,} after its "
+            "header: truncated or damaged"
+        )
     return metadata, header
 
 
@@ -285,7 +307,7 @@ def _up_blocks(file: Path, layer: str, parts: dict[str, dict[str, Any]]) -> list
     if up["shape"] != [sum(rows), rank] or end - start != sum(rows) * rank * size:
         return None
     magnitude = np.uint64((1 << (8 * size - 1)) - 1).astype(f"<u{size}")  # all bits but the sign
-    with open(file, "rb") as handle:
+    with open_regular_file(file) as handle:
         data_start = 8 + int.from_bytes(handle.read(8), "little")
         handle.seek(data_start + start)
         supports = []
@@ -331,23 +353,28 @@ def _adapter_config(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = loads_json_bounded(text)
+    except ValueError:  # not JSON, or nested deeper than MAX_JSON_DEPTH
         return None
     return value if isinstance(value, dict) else None
 
 
 def _valid_entry(entry: Any, data_bytes: int) -> bool:
-    """Whether a tensor's header entry has a dtype, a shape and offsets inside the data."""
+    """Whether a tensor's header entry is one the safetensors loader reads: a dtype it knows, a
+    shape, and offsets inside the data spanning exactly the bytes that shape needs."""
     if not isinstance(entry, dict):
         return False
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    return (
-        isinstance(entry.get("dtype"), str)
+    bits = DTYPE_BITS.get(entry.get("dtype"))  # type: ignore[arg-type]
+    if not (
+        bits is not None
         and isinstance(shape, list)
-        and all(isinstance(n, int) and n >= 0 for n in shape)
+        and all(type(n) is int and n >= 0 for n in shape)
         and isinstance(offsets, list)
         and len(offsets) == 2
-        and all(isinstance(n, int) for n in offsets)
+        and all(type(n) is int for n in offsets)
         and 0 <= offsets[0] <= offsets[1] <= data_bytes
-    )
+    ):
+        return False
+    stored_bits = math.prod(shape) * bits  # a Python int: a 2^40 x 2^40 shape cannot overflow
+    return stored_bits % 8 == 0 and stored_bits // 8 == offsets[1] - offsets[0]

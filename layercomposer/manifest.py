@@ -10,7 +10,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from . import __version__
+from .canvas import CanvasSpec
 from .errors import InputError, exception_text
 from .limits import read_json_bounded
 
@@ -70,4 +73,95 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise InputError(f"{path} is not an lc run manifest (version {MANIFEST_VERSION})")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(manifest: dict[str, Any], path: str | Path, rendered: bool = False) -> None:
+    """InputError (exit 2) naming `path` and each wrong key, unless `manifest` has what every
+    reader of a manifest uses (`lc eval`, the studio, `--resume`); with `rendered`, also what
+    `lc render --from-manifest` needs to render it again (the settings, known speed keys)."""
+    schema = _RenderedManifest if rendered else _Manifest
+    try:
+        schema.model_validate(manifest)
+    except ValidationError as exc:
+        raise _invalid(path, exc) from None
+    try:
+        CanvasSpec.model_validate(manifest["inputs"]["canvas"]["resolved"])
+    except ValidationError as exc:
+        raise _invalid(path, exc, ("inputs", "canvas", "resolved")) from None
+
+
+def _invalid(path: str | Path, exc: ValidationError, prefix: tuple = ()) -> InputError:
+    errors = exc.errors()
+    problems = [
+        f"[{' -> '.join(str(part) for part in (*prefix, *error['loc']))}] {error['msg']}"
+        for error in errors[:5]
+    ]
+    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return InputError(
+        f"{path} is not a valid lc run manifest: {'; '.join(problems)}{more}",
+        hint="lc render writes these; render the canvas again to get a new one",
+    )
+
+
+# --- the shape of a manifest, as lc reads it back (keys it does not read are kept, not refused)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _CanvasRecord(_Open):
+    path: str
+    sha256: str
+    overrides: list[str]
+    resolved: dict[str, Any]
+
+
+class _Inputs(_Open):
+    canvas: _CanvasRecord
+    images: dict[str, str]
+    seed: int = Field(ge=0, lt=2**64)
+
+
+class _Output(_Open):
+    image: str
+    sha256: str
+
+
+class _Manifest(_Open):
+    manifest_version: int
+    created: str
+    inputs: _Inputs
+    output: _Output
+
+
+class _LoraRecord(_Open):
+    path: str
+    scale: float = 1.0
+
+
+class _Speed(BaseModel):  # RenderSettings' speed options: an unknown one is refused
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    compile: bool = False
+    first_block_cache: float | None = None
+    quantize: str = "none"
+    attention_backend: str | None = None
+
+
+class _RenderInputs(_Inputs):
+    model: str
+    revision: str | None
+    lora: _LoraRecord | list[_LoraRecord] | None = None
+    mode: str
+    encode: str
+    dtype: str
+    device: str
+    fill: str | None = None
+    prompt_prefix: str = ""
+    speed: _Speed | None = None
+
+
+class _RenderedManifest(_Manifest):
+    inputs: _RenderInputs

@@ -25,7 +25,7 @@ from .fill import DEFAULT_FILL, FILLS, LEGACY_FILL
 from .layers import build_layers, image_file_hashes
 from .limits import open_image_bounded
 from .lora import LoraSpec
-from .manifest import build_manifest, inputs_sha256, read_manifest
+from .manifest import build_manifest, check_manifest, inputs_sha256, read_manifest
 from .models import DEFAULT_MODEL
 
 Status = Literal["rendered", "skipped", "failed"]
@@ -494,6 +494,7 @@ def rerender_manifest(
             f"{manifest_path} was made by {inputs['pipeline']}, not by lc render",
             hint="run the lc bench command that made it again (it resumes what is unchanged)",
         )
+    check_manifest(manifest, manifest_path, rendered=True)
     recorded_canvas = inputs["canvas"]
     spec = CanvasSpec.model_validate(recorded_canvas["resolved"])
     canvas = Canvas(

@@ -64,7 +64,13 @@ def read_yaml_file(
     kind: str = "canvas file",
     error: type[CanvasError] = CanvasError,
 ) -> YamlFile:
-    """Read a YAML mapping and apply `key.path=value` overrides; raise `error` if unreadable."""
+    """Read a YAML mapping and apply `key.path=value` overrides; raise `error` if unreadable.
+
+    Unlike every file a canvas names (images, masks: `limits.open_regular_file`), the YAML file
+    itself may be a pipe: `lc validate <(envsubst < scene.yaml)` gives /dev/fd/N, whose writer
+    is the user's own shell, and the read stops one byte past `MAX_YAML_BYTES` however much it
+    sends. A named FIFO given here waits for its writer, as `cat` would: the user named it.
+    """
     path = Path(path)
 
     def fail(message: str, line: int | None = None) -> CanvasError:

@@ -45,6 +45,8 @@ def read_image(path: str | Path, what: str) -> InputImage:
             raise InputError(f"{what} {path}: no such file") from None
         if exc.kind == "folder":
             raise InputError(f"{what} {path}: is a folder, not an image") from None
+        if exc.kind == "special":  # a FIFO, socket or device: refused unread
+            raise InputError(f"{what} {exc.message}") from None
         if exc.kind == "format":
             formats = "PNG, JPEG, WebP, TIFF, BMP, GIF"
             raise InputError(

@@ -85,10 +85,19 @@ LoraScaleOption = Annotated[
 
 
 def lora_specs(values: list[str] | None, default_scale: float = 1.0) -> tuple:
-    """The `lora.LoraSpec`s of the --lora options, in order (`--lora-scale` for those without)."""
+    """The `lora.LoraSpec`s of the --lora options, in order (`--lora-scale` for those without).
+
+    A FIFO, socket or device given as a LoRA is refused here (exit 2), before a model loads:
+    the loader would wait on a FIFO for ever."""
+    from ..limits import check_regular
     from ..lora import LoraSpec
 
-    return tuple(LoraSpec.parse(value, default_scale) for value in values or ())
+    specs = tuple(LoraSpec.parse(value, default_scale) for value in values or ())
+    for spec in specs:
+        path = Path(spec.path).expanduser()
+        if path.exists() and not path.is_dir():  # missing files and folders: the loader says
+            check_regular(path, path.stat().st_mode)
+    return specs
 
 
 DeviceOption = Annotated[

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from ..errors import (
     CanvasError,
@@ -25,13 +26,25 @@ from ..errors import (
     UsageError,
     exception_text,
     missing_package,
+    printable,
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 # stdout's reader went away (`| head`): a quiet 1, as click, rich and Python's own recipe do
 EXIT_BROKEN_PIPE = 1
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class TerminalConsole(Console):
+    """A Rich console that shows control characters instead of sending them: every string it
+    renders (a message, a table's cells and title) goes through `errors.printable` before its
+    markup is read, so a path or a LoRA's metadata holding ESC sequences cannot clear the
+    screen or retitle the window. lc prints through these consoles only."""
+
+    def render_str(self, text: str, **options) -> Text:
+        return super().render_str(printable(text), **options)
+
+
+stderr = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
 
 # exception type -> (exit code, label). The first matching row wins, so subclasses come first.
 ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [

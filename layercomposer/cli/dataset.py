@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..choices import Embedder
+from ..errors import printable
 from ..models import DEFAULT_CAPTIONER
 from ..train.caption import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT
 from ._common import DetectorOption, DeviceOption, DtypeOption, JsonOption
@@ -149,7 +150,11 @@ def build_cli(
             def on_step(what: str, done: int, total: int | None) -> None:
                 if inside is not None:
                     progress.update(
-                        inside, description=what, completed=done, total=total, visible=True
+                        inside,
+                        description=escape(printable(what)),
+                        completed=done,
+                        total=total,
+                        visible=True,
                     )
 
             def report(result) -> None:

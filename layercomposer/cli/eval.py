@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..choices import IdentityBackend, Suite
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..eval.availability import METRICS, PYTHON_OPTIONS, MetricStatus, metric_status, skipped_line
 from ..eval.identity import IDENTITY_BACKENDS
 from ..eval.metrics import EvalOptions, parse_metrics
@@ -23,7 +23,8 @@ from ..eval.published import TABLE_1
 from ..eval.run import EvalReport, check_eval, run_eval
 from ..eval.vqascore import DEFAULT_MODEL as DEFAULT_VQASCORE_MODEL
 from ._common import JsonOption
-from ._errors import EXIT_FAILURE, handled_errors, stderr
+from ._errors import EXIT_FAILURE, EXIT_INVALID, handled_errors, stderr
+from ._errors import report as report_error
 from ._progress import LineProgress
 
 MetricsOption = Annotated[
@@ -263,7 +264,12 @@ def eval_cli(
             return
         if not outputs:
             raise UsageError("name the outputs to evaluate", hint="e.g. lc eval out/")
-        found = find_outputs(outputs)
+        damaged: list[InputError] = []  # manifests that cannot be read: reported, left out
+        found = find_outputs(outputs, damaged)
+        if damaged and not found:
+            raise damaged[0]
+        for problem in damaged:
+            report_error(problem)
         options, skipped = check_eval(options, not no_figure)
         report_skipped(skipped)
         with stage_progress(quiet) as progress:
@@ -272,5 +278,8 @@ def eval_cli(
                 progress, skipped=skipped,
             )  # fmt: skip
         print_report(report, json_)
+        if damaged:
+            stderr.print(f"{len(damaged)} manifest(s) left out: they are not valid (see above)")
+            raise typer.Exit(EXIT_INVALID)
         if report.failed:
             raise typer.Exit(EXIT_FAILURE)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..canvas import load_canvas
 from ..layers import build_layers
 from ..report import canvas_report
 from ._common import AllowOutsideOption, CanvasPath, JsonOption, SetOption
-from ._errors import handled_errors
+from ._errors import TerminalConsole, handled_errors
 
-stdout = Console(highlight=False)
+stdout = TerminalConsole(highlight=False)
 
 
 def inspect_cli(
@@ -43,12 +43,14 @@ def inspect_cli(
 def print_report(report: dict) -> None:
     width, height = report["size"]
     grid_w, grid_h = report["token_grid"]
-    table = Table(title=f"{report['canvas']}  {width}x{height} px, {grid_w}x{grid_h} tokens")
+    table = Table(
+        title=f"{escape(report['canvas'])}  {width}x{height} px, {grid_w}x{grid_h} tokens"
+    )
     for column in ("layer", "size", "visible px", "tokens", "lock", "id index"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for layer in report["layers"]:
         table.add_row(
-            layer["name"],
+            escape(layer["name"]),
             f"{layer['size'][0]}x{layer['size'][1]}",
             f"{layer['visible_pixels']:,}",
             f"{layer['tokens']:,}",

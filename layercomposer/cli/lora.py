@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..choices import LoraFormat
 from ..errors import UsageError
 from ._common import JsonOption
-from ._errors import handled_errors, stderr
+from ._errors import TerminalConsole, handled_errors, stderr
 
 lora_app = typer.Typer(help="Work with LoRA files.", no_args_is_help=True)
 
@@ -73,7 +72,7 @@ def info_cli(
         if json_:
             print(json.dumps(info.to_dict(), indent=2))
             return
-        Console(highlight=False).print(_info_table(info))
+        TerminalConsole(highlight=False).print(_info_table(info))
         if info.lc is None:
             stderr.print(
                 "[yellow]no lc metadata:[/yellow] this LoRA was not written by `lc train` (or by "

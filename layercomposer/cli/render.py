@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import UsageError
+from ..errors import UsageError, printable
 from ..models import DEFAULT_MODEL
 from ..render import (
     Renderer,
@@ -231,7 +231,7 @@ def _run(paths, settings, batch: dict, json_, quiet, show_progress) -> list[Rend
             progress.update(steps_task, completed=done, total=total)
 
         def on_canvas(path: Path, _: int) -> None:
-            progress.update(canvases_task, description=f"canvases ({path.name})")
+            progress.update(canvases_task, description=f"canvases ({escape(printable(path.name))})")
             progress.advance(canvases_task)
 
         renderer = Renderer(settings, on_step=on_step)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ._common import ConfigSetOption, JsonOption
-from ._errors import handled_errors, stderr
+from ._errors import TerminalConsole, handled_errors, stderr
 from ._progress import LineProgress
 
 
@@ -166,14 +166,13 @@ def _dataset_facts(path: str | list[str]) -> tuple[int, int | None]:
 
 
 def _print_estimate(budget) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from ..train.estimate import GB
 
     tokens = budget.tokens
     table = Table(
-        title=f"{budget.model} at {budget.resolution}x{budget.resolution}: memory per GPU",
+        title=f"{escape(budget.model)} at {budget.resolution}x{budget.resolution}: memory per GPU",
         title_justify="left",
     )
     table.add_column("item")
@@ -182,7 +181,7 @@ def _print_estimate(budget) -> None:
     for item in budget.memory:
         table.add_row(item.name, f"{item.bytes / GB:.2f}", escape(item.note))
     table.add_row("total", f"{budget.total_bytes / GB:.1f}", "", style="bold")
-    out = Console(highlight=False, soft_wrap=True)
+    out = TerminalConsole(highlight=False, soft_wrap=True)
     out.print(table)
     params = budget.parameters
     out.print(

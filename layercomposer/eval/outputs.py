@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from ..canvas import Canvas, CanvasSpec
-from ..errors import LcError, UsageError
+from ..errors import InputError, LcError, UsageError
 from ..files import sha256_file
 from ..layers import image_file_hashes
-from ..limits import open_image_bounded
+from ..limits import open_image_bounded, read_json_bounded
 from ..manifest import read_manifest
 
 
@@ -98,16 +98,19 @@ def is_run_manifest(data: Any) -> bool:
     return isinstance(data, dict) and "output" in data and "inputs" in data
 
 
-def find_outputs(specs: list[str]) -> list[RunOutput]:
+def find_outputs(specs: list[str], damaged: list[InputError] | None = None) -> list[RunOutput]:
     """Outputs from `[LABEL=]PATH` items: a manifest, an image with its manifest beside it, or a
-    folder searched for run manifests (other JSON files in it are skipped)."""
+    folder searched for run manifests (other JSON files in it are skipped).
+
+    A damaged manifest (named, or in a folder and marked as lc's by `manifest_version`) is
+    raised, or with `damaged` added to it and left out, so that the others are evaluated."""
     outputs: list[RunOutput] = []
     seen: set[Path] = set()
     for item in specs:
         label, path = _split_label(item)
         if path.is_dir():
             candidates = sorted(path.rglob("*.json"))
-            found = [p for p in candidates if (m := _manifest_or_none(p)) and is_run_manifest(m)]
+            found = [p for p in candidates if _looks_like_manifest(p)]
             if not found:
                 raise UsageError(f"no lc run manifest found under {path}")
         elif path.suffix.lower() == ".json":
@@ -121,7 +124,13 @@ def find_outputs(specs: list[str]) -> list[RunOutput]:
             if key in seen:
                 continue
             seen.add(key)
-            manifest = read_manifest(manifest_path)
+            try:
+                manifest = read_manifest(manifest_path)
+            except InputError as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+                continue
             if not is_run_manifest(manifest):
                 raise UsageError(f"{manifest_path} is not the manifest of a rendered image")
             outputs.append(
@@ -141,8 +150,11 @@ def _split_label(item: str) -> tuple[str | None, Path]:
     return None, Path(item)
 
 
-def _manifest_or_none(path: Path) -> dict | None:
+def _looks_like_manifest(path: Path) -> bool:
+    """Whether a JSON file in a folder is meant as an lc run manifest (damaged or not): it has
+    lc's `manifest_version`, or a run manifest's `inputs` and `output`."""
     try:
-        return read_manifest(path)
-    except LcError:
-        return None
+        data = read_json_bounded(path)
+    except (LcError, OSError, ValueError):
+        return False
+    return isinstance(data, dict) and ("manifest_version" in data or is_run_manifest(data))

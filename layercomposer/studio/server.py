@@ -20,7 +20,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import UsageError
+from ..errors import UsageError, printable
 from ..render import Renderer, RenderSettings
 from .api import EXCEPTION_HANDLERS, StudioApi
 from .jobs import RenderQueue
@@ -104,9 +104,13 @@ def serve(
     allowed_hosts: tuple[str, ...] = (),
     output: Path | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    say: Callable[[str], None] = functools.partial(print, flush=True),  # a pipe sees it at once
+    say: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the studio for a canvas file or folder until interrupted."""
+    """Serve the studio for a canvas file or folder until interrupted; `say` shows a line of
+    the log (default: stdout, flushed so that a pipe sees it at once)."""
+    if say is None:
+        say = functools.partial(print, flush=True)
+    say = functools.partial(_say_printable, say)  # canvas names and folders are the user's
     import uvicorn
 
     if not is_loopback(host) and not allow_remote:
@@ -157,6 +161,10 @@ def serve(
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     _announcing_server(config, listening).run(sockets=[sock])
+
+
+def _say_printable(say: Callable[[str], None], line: str) -> None:
+    say(printable(line))
 
 
 def _open_browser(url: str, say: Callable[[str], None]) -> None:

@@ -442,7 +442,11 @@ def _read_photo(unit: Unit, path: Path, options: BuildOptions, result: UnitResul
     except TooLargeError:  # over lc's pixel bound: refused before decoding
         result.drop("image too large", str(path))
         return None
-    except (UnreadableImageError, OSError, ValueError, SyntaxError):  # or a damaged EXIF
+    except UnreadableImageError as exc:
+        reason = "not a regular file" if exc.kind == "special" else "unreadable image"
+        result.drop(reason, str(path))
+        return None
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF
         result.drop("unreadable image", str(path))
         return None
     return SceneImage(
