@@ -16,6 +16,7 @@ from . import __version__
 from .canvas import CanvasSpec
 from .errors import InputError, exception_text
 from .limits import read_json_bounded
+from .records import OpenRecord, invalid_record
 
 MANIFEST_VERSION = 1
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
@@ -93,51 +94,41 @@ def check_manifest(manifest: dict[str, Any], path: str | Path, rendered: bool = 
 
 
 def _invalid(path: str | Path, exc: ValidationError, prefix: tuple = ()) -> InputError:
-    errors = exc.errors()
-    problems = [
-        f"[{' -> '.join(str(part) for part in (*prefix, *error['loc']))}] {error['msg']}"
-        for error in errors[:5]
-    ]
-    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
-    return InputError(
-        f"{path} is not a valid lc run manifest: {'; '.join(problems)}{more}",
-        hint="lc render writes these; render the canvas again to get a new one",
-    )
+    return invalid_record(
+        path, exc, "lc run manifest",
+        "lc render writes these; render the canvas again to get a new one", prefix,
+    )  # fmt: skip
 
 
 # --- the shape of a manifest, as lc reads it back (keys it does not read are kept, not refused)
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class _CanvasRecord(_Open):
+class _CanvasRecord(OpenRecord):
     path: str
     sha256: str
     overrides: list[str]
     resolved: dict[str, Any]
 
 
-class _Inputs(_Open):
+class _Inputs(OpenRecord):
     canvas: _CanvasRecord
     images: dict[str, str]
     seed: int = Field(ge=0, lt=2**64)
 
 
-class _Output(_Open):
+class _Output(OpenRecord):
     image: str
     sha256: str
 
 
-class _Manifest(_Open):
+class _Manifest(OpenRecord):
     manifest_version: int
     created: str
     inputs: _Inputs
     output: _Output
 
 
-class _LoraRecord(_Open):
+class _LoraRecord(OpenRecord):
     path: str
     scale: float = 1.0
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
-from ..errors import InputError, LcError, Problem
+from ..errors import InputError, LcError
 from ..limits import MAX_CAPTION_BYTES, eight_bit, open_image_bounded, read_json_bounded
+from ..records import OpenRecord, invalid_record
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -195,13 +196,8 @@ def check_index_json(data: dict, path: Path) -> None:
     try:
         _IndexJson.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            Problem(str(path), tuple(error["loc"]), error["msg"]) for error in exc.errors()[:5]
-        ]
-        more = len(exc.errors()) - len(problems)
-        raise InputError(
-            "\n".join(str(p) for p in problems) + (f"\n... and {more} more" if more > 0 else ""),
-            hint="rebuild the dataset with `lc dataset build`",
+        raise invalid_record(
+            path, exc, "lc dataset index", "rebuild the dataset with `lc dataset build`"
         ) from None
 
 
@@ -216,18 +212,14 @@ DatasetFile = Annotated[str, AfterValidator(_inside_dataset)]
 Box4 = tuple[int, int, int, int]
 
 
-class _Open(BaseModel):  # keys lc does not know are kept for later versions, not refused
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class _LayerJson(_Open):
+class _LayerJson(OpenRecord):
     identity: str = Field(max_length=1024)
     file: DatasetFile
     box: Box4
     face: Box4 | None = None
 
 
-class _ImageJson(_Open):
+class _ImageJson(OpenRecord):
     file: DatasetFile
     caption: str = Field(max_length=MAX_CAPTION_BYTES)
     layers: list[_LayerJson] = Field(max_length=64)
@@ -236,12 +228,12 @@ class _ImageJson(_Open):
     caption_source: str = Field("default", max_length=1024)
 
 
-class _SceneJson(_Open):
+class _SceneJson(OpenRecord):
     name: str = Field(max_length=1024)
     images: list[_ImageJson]
 
 
-class _IndexJson(_Open):
+class _IndexJson(OpenRecord):
     """What `check_index_json` holds an index.json to."""
 
     version: int
